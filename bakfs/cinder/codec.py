@@ -1,0 +1,106 @@
+"""Compression of data objects exactly as Cinder does it, and the checks of what comes back.
+
+Cinder's names: none/off/no, zlib/gzip (both zlib-wrapped deflate, never gzip framing),
+bz2/bzip2 and zstd (one frame that records its content size: python-zstd, which Cinder uses,
+cannot decode a frame without it). An object is stored raw and recorded as "none" whenever
+compressing does not make it smaller. Pure CPU functions: no I/O, no threads.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import zlib
+
+import zstandard
+
+from bakfs.errors import IntegrityError, UnsupportedCompression
+
+# Recorded name (any case) -> codec family.
+_FAMILIES = {
+    "none": "none", "off": "none", "no": "none",
+    "zlib": "zlib", "gzip": "zlib",
+    "bz2": "bz2", "bzip2": "bz2",
+    "zstd": "zstd",
+}
+WRITE_ALGORITHMS = ("none", "zlib", "bz2", "zstd")
+
+ZLIB_LEVEL = 6  # zlib.compress's default, what Cinder gets
+BZ2_LEVEL = 9  # bz2.compress's default
+ZSTD_LEVEL = 3  # python-zstd's default
+
+
+def family(name: str) -> str:
+    """The codec family of a recorded compression name, case-insensitively."""
+    try:
+        return _FAMILIES[name.lower()]
+    except (KeyError, AttributeError):
+        raise UnsupportedCompression(
+            f"unknown compression {name!r}; Cinder knows none, off, no, zlib, gzip, bz2, "
+            "bzip2 and zstd") from None
+
+
+def compress(data: bytes | memoryview, algorithm: str) -> tuple[bytes | memoryview, str]:
+    """(stored bytes, recorded name) for one object, following Cinder's rule: raw and
+    "none" when compression is off or does not shrink the data."""
+    kind = family(algorithm)
+    if kind == "none":
+        return data, "none"
+    if kind == "zlib":
+        packed = zlib.compress(data, ZLIB_LEVEL)
+    elif kind == "bz2":
+        packed = bz2.compress(data, BZ2_LEVEL)
+    else:
+        packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(
+            data)
+    if len(packed) >= len(data):
+        return data, "none"
+    return packed, algorithm.lower()
+
+
+def decompress(body: bytes | memoryview, recorded: str,
+               expected_length: int | None = None) -> bytes:
+    """Plain bytes of a stored object; IntegrityError if the body cannot be decoded."""
+    kind = family(recorded)
+    try:
+        if kind == "none":
+            return bytes(body)
+        if kind == "zlib":
+            return zlib.decompress(body)
+        if kind == "bz2":
+            return bz2.decompress(body)
+        return _zstd_decompress(body, expected_length)
+    except (zlib.error, OSError, ValueError, EOFError, zstandard.ZstdError) as exc:
+        raise IntegrityError(f"cannot decompress {recorded} data: {exc}") from None
+
+
+def _zstd_decompress(body: bytes | memoryview, expected_length: int | None) -> bytes:
+    """Decode every frame, not just the first (zstandard's one-shot decompress stops there)."""
+    dctx = zstandard.ZstdDecompressor()
+    out = bytearray()
+    view = memoryview(body)
+    while view:
+        dobj = dctx.decompressobj()
+        out += dobj.decompress(view)
+        if not dobj.eof:
+            raise ValueError("truncated zstd frame")
+        used = len(view) - len(dobj.unused_data)
+        view = view[used:]
+        if expected_length is not None and len(out) > expected_length:
+            break
+    return bytes(out)
+
+
+def md5_hex(data: bytes | memoryview) -> str:
+    """Lowercase hex MD5 of plain data, as recorded in `_metadata`."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def verify(data: bytes | memoryview, length: int, md5: str, key: str) -> None:
+    """Fail unless decoded data has the recorded length and md5: wrong bytes are never served."""
+    if len(data) != length:
+        raise IntegrityError(
+            f"object {key}: decoded length {len(data)} differs from the recorded {length}", key)
+    actual = md5_hex(data)
+    if actual != md5.lower():
+        raise IntegrityError(f"object {key}: md5 {actual} differs from the recorded {md5}", key)

@@ -1,0 +1,216 @@
+"""The two JSON documents of a Cinder backup, `_metadata` and `_sha256file`, as dataclasses.
+
+Written byte for byte as Cinder writes them (`json.dumps(sort_keys=True, indent=2)`, UTF-8,
+no trailing newline); read tolerantly (a missing `extra_metadata`, a null or string
+`volume_meta`, pre-incremental documents without `parent_id`). Pure code, no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from bakfs.cinder import codec
+from bakfs.errors import BadMetadata, UnsupportedCompression
+
+FORMAT_VERSION = "1.0.0"
+_ABSENT = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectEntry:
+    """One data object: where its plain bytes go in the volume and how they are stored."""
+
+    name: str
+    offset: int
+    length: int
+    compression: str
+    md5: str
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        return {self.name: {"compression": self.compression, "length": self.length,
+                            "md5": self.md5, "offset": self.offset}}
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupMetadata:
+    """A backup's `_metadata` document. `extra_metadata` is kept only when present."""
+
+    backup_id: str
+    volume_id: str
+    created_at: str
+    parent_id: str | None
+    objects: tuple[ObjectEntry, ...]
+    backup_name: str | None = None
+    backup_description: str | None = None
+    volume_meta: str | None = None
+    version: str = FORMAT_VERSION
+    extra_metadata: Any = _ABSENT
+
+    @property
+    def is_incremental(self) -> bool:
+        return self.parent_id is not None
+
+    @property
+    def covered_size(self) -> int:
+        """End of the furthest object: the volume size for a full backup."""
+        return max((o.end for o in self.objects), default=0)
+
+    def to_json(self) -> bytes:
+        doc: dict[str, Any] = {
+            "backup_description": self.backup_description,
+            "backup_id": self.backup_id,
+            "backup_name": self.backup_name,
+            "created_at": self.created_at,
+            "objects": [o.to_json() for o in self.objects],
+            "parent_id": self.parent_id,
+            "version": self.version,
+            "volume_id": self.volume_id,
+            "volume_meta": self.volume_meta,
+        }
+        if self.extra_metadata is not _ABSENT:
+            doc["extra_metadata"] = self.extra_metadata
+        return _dump(doc)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sha256File:
+    """A backup's `_sha256file`: the SHA-256 of every block of the whole volume."""
+
+    backup_id: str
+    volume_id: str
+    created_at: str
+    chunk_size: int
+    sha256s: tuple[str, ...]
+    backup_name: str | None = None
+    backup_description: str | None = None
+    version: str = FORMAT_VERSION
+
+    def to_json(self) -> bytes:
+        return _dump({
+            "backup_description": self.backup_description,
+            "backup_id": self.backup_id,
+            "backup_name": self.backup_name,
+            "chunk_size": self.chunk_size,
+            "created_at": self.created_at,
+            "sha256s": list(self.sha256s),
+            "version": self.version,
+            "volume_id": self.volume_id,
+        })
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, indent=2).encode("utf-8")
+
+
+def created_at_text(when: datetime) -> str:
+    """`str()` of a timezone-aware UTC datetime, as Cinder records `created_at`."""
+    return str(when.astimezone(UTC))
+
+
+def minimal_volume_meta(name: str | None, description: str | None) -> str:
+    """The smallest `volume_meta` Cinder accepts on restore (metadata version 2)."""
+    base = {"display_name": name, "display_description": description, "encryption_key_id": None}
+    return json.dumps({"version": 2, "volume-base-metadata": base})
+
+
+def _load(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadMetadata(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadMetadata(f"{what} is not a JSON object")
+    version = doc.get("version")
+    if version != FORMAT_VERSION:
+        raise BadMetadata(f"{what} has version {version!r}; only {FORMAT_VERSION} exists")
+    return doc
+
+
+def _field(doc: dict[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
+    if key not in doc:
+        raise BadMetadata(f"{what} has no {key!r}")
+    value = doc[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and types is int):
+        raise BadMetadata(f"{what}: {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def parse_metadata(raw: bytes, what: str = "_metadata") -> BackupMetadata:
+    """Parse and check a `_metadata` document; BadMetadata says what is wrong."""
+    doc = _load(raw, what)
+    objects = []
+    for i, item in enumerate(_field(doc, "objects", list, what)):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise BadMetadata(f"{what}: objects[{i}] is not a one-key object")
+        ((name, info),) = item.items()
+        where = f"{what}: object {name}"
+        if not isinstance(info, dict):
+            raise BadMetadata(f"{where} has no description")
+        entry = ObjectEntry(
+            name=name,
+            offset=_field(info, "offset", int, where),
+            length=_field(info, "length", int, where),
+            compression=_field(info, "compression", str, where),
+            md5=_field(info, "md5", str, where).lower(),
+        )
+        if entry.offset < 0 or entry.length < 0:
+            raise BadMetadata(f"{where} has a negative offset or length")
+        try:
+            codec.family(entry.compression)
+        except UnsupportedCompression as exc:
+            raise BadMetadata(f"{where}: {exc}") from None
+        objects.append(entry)
+    _check_no_overlap(objects, what)
+    volume_meta = doc.get("volume_meta")
+    if volume_meta is not None and not isinstance(volume_meta, str):
+        volume_meta = json.dumps(volume_meta)
+    return BackupMetadata(
+        backup_id=_field(doc, "backup_id", str, what),
+        volume_id=_field(doc, "volume_id", str, what),
+        created_at=str(doc.get("created_at", "")),
+        parent_id=doc.get("parent_id"),
+        objects=tuple(objects),
+        backup_name=doc.get("backup_name"),
+        backup_description=doc.get("backup_description"),
+        volume_meta=volume_meta,
+        version=doc["version"],
+        extra_metadata=doc.get("extra_metadata", _ABSENT),
+    )
+
+
+def _check_no_overlap(objects: Sequence[ObjectEntry], what: str) -> None:
+    """Objects of one backup never overlap; if they do the document cannot be trusted."""
+    ordered = sorted(objects, key=lambda o: o.offset)
+    for a, b in itertools.pairwise(ordered):
+        if b.offset < a.end:
+            raise BadMetadata(f"{what}: objects {a.name} and {b.name} overlap")
+
+
+def parse_sha256file(raw: bytes, what: str = "_sha256file") -> Sha256File:
+    """Parse and check a `_sha256file` document."""
+    doc = _load(raw, what)
+    chunk_size = _field(doc, "chunk_size", int, what)
+    if chunk_size <= 0:
+        raise BadMetadata(f"{what}: chunk_size {chunk_size} is not positive")
+    hashes = _field(doc, "sha256s", list, what)
+    if not all(isinstance(h, str) and len(h) == 64 for h in hashes):
+        raise BadMetadata(f"{what}: sha256s holds something that is not a SHA-256 hex digest")
+    return Sha256File(
+        backup_id=_field(doc, "backup_id", str, what),
+        volume_id=_field(doc, "volume_id", str, what),
+        created_at=str(doc.get("created_at", "")),
+        chunk_size=chunk_size,
+        sha256s=tuple(h.lower() for h in hashes),
+        backup_name=doc.get("backup_name"),
+        backup_description=doc.get("backup_description"),
+        version=doc["version"],
+    )

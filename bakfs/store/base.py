@@ -1,0 +1,60 @@
+"""The narrow, synchronous interface every object store offers bakfs.
+
+Stores are plain blocking code, safe to call from several threads at once; callers on trio
+run them in worker threads. Every failure leaves a store as one of the `bakfs.errors`
+StoreError subclasses (mapped once, inside the store), never as a library's own exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or a head tells about one object."""
+
+    key: str
+    size: int
+    last_modified: datetime | None = None
+
+
+class ObjectStore(Protocol):
+    """A bucket of objects addressed by key, as Cinder's chunked drivers use one."""
+
+    @property
+    def description(self) -> str:
+        """Where the objects live, for messages (no secrets)."""
+        ...
+
+    def ensure_bucket(self) -> None:
+        """Make sure the bucket exists, creating it if allowed."""
+        ...
+
+    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False) -> None:
+        """Store `data` whole under `key`, integrity-checked on the way in. With `if_absent`
+        the put fails with AlreadyExists when the key exists (atomically)."""
+        ...
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        """The object's bytes, or bytes [start, end) of it."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo:
+        """Size and date of one object; ObjectMissing if there is none."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, in key order."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove an object; removing a missing object is not an error."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,226 @@
+"""The S3 object store, on one boto3 client built from bakfs's `[s3]` options.
+
+Configured as Cinder's S3 driver configures boto3 (timeouts, pool size, retries, proxies, TLS
+verification), with Content-MD5 on every put when `md5_validation` is on and the SSE-C headers
+on every put, get and head when SSE-C is enabled. botocore's exceptions are translated here,
+once, into bakfs's: StoreUnreachable (Cinder's S3ConnectionFailure) when the store cannot be
+reached, StoreRefused and its subclasses (Cinder's S3ClientError) when it answered no.
+
+Blocking code: the client is thread-safe, so one store serves many worker threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import urllib3.exceptions
+
+from bakfs.config import S3Options
+from bakfs.errors import (
+    AccessDenied,
+    AlreadyExists,
+    ChecksumMismatch,
+    ObjectMissing,
+    StoreError,
+    StoreRefused,
+    StoreUnreachable,
+)
+from bakfs.store.base import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+_MISSING = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+_DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
+_BAD_DIGEST = {"BadDigest", "InvalidDigest"}
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+# Errors while streaming a body after a 200: Cinder's reader retries these itself, on top of
+# botocore's retries of the request.
+_STREAM_ERRORS = (
+    socket.timeout,
+    ConnectionError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.ReadTimeoutError,
+    urllib3.exceptions.ReadTimeoutError,
+    urllib3.exceptions.ProtocolError,
+)
+
+
+class S3Store:
+    """An S3 bucket as a bakfs object store."""
+
+    def __init__(self, options: S3Options) -> None:
+        if options.endpoint_url is None or options.access_key is None \
+                or options.secret_key is None:
+            raise StoreError("the S3 store needs s3.endpoint_url, s3.access_key and "
+                             "s3.secret_key")
+        self.options = options
+        self.bucket = options.bucket
+        self.endpoint = options.endpoint_url
+        self._client = _make_client(options)
+        self._sse: dict[str, str] = {}
+        if options.sse_enabled:
+            assert options.sse_customer_key is not None
+            assert options.sse_customer_algorithm is not None
+            self._sse = {"SSECustomerAlgorithm": options.sse_customer_algorithm,
+                         "SSECustomerKey": options.sse_customer_key.reveal()}
+
+    @property
+    def description(self) -> str:
+        return f"S3 bucket {self.bucket} at {self.endpoint}"
+
+    def ensure_bucket(self) -> None:
+        try:
+            with self._errors("HEAD bucket", None):
+                self._client.head_bucket(Bucket=self.bucket)
+            return
+        except ObjectMissing:
+            if not self.options.create_bucket:
+                raise ObjectMissing(f"{self.description} does not exist and s3.create_bucket "
+                                    "is false") from None
+        log.info("creating bucket %s at %s", self.bucket, self.endpoint)
+        try:
+            with self._errors("create bucket", None):
+                self._client.create_bucket(Bucket=self.bucket)
+        except StoreRefused as exc:
+            cause = exc.__cause__
+            code = _code(cause) if isinstance(cause, botocore.exceptions.ClientError) else ""
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+
+    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False) -> None:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": bytes(data),
+                                "ContentLength": len(data), **self._sse}
+        if self.options.md5_validation:
+            digest = hashlib.md5(data, usedforsecurity=False).digest()
+            args["ContentMD5"] = base64.b64encode(digest).decode("ascii")
+        if if_absent:
+            args["IfNoneMatch"] = "*"
+        with self._errors("PUT", key):
+            self._client.put_object(**args)
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key, **self._sse}
+        if byte_range is not None:
+            start, end = byte_range
+            if end <= start:
+                return b""
+            args["Range"] = f"bytes={start}-{end - 1}"
+        attempts = max(1, self.options.retry_max_attempts)
+        for attempt in range(1, attempts + 1):
+            with self._errors("GET", key):
+                response = self._client.get_object(**args)
+                try:
+                    return response["Body"].read()  # type: ignore[no-any-return]
+                except _STREAM_ERRORS as exc:
+                    if attempt == attempts:
+                        raise
+                    level = logging.DEBUG if attempt == 1 else logging.WARNING
+                    log.log(level, "GET %s: body read failed (%s), attempt %d of %d",
+                            key, exc, attempt, attempts)
+        raise AssertionError("unreachable")
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._errors("HEAD", key):
+            response = self._client.head_object(Bucket=self.bucket, Key=key, **self._sse)
+        return ObjectInfo(key, int(response["ContentLength"]), response.get("LastModified"))
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        with self._errors("LIST", prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(item["Key"], int(item["Size"]), item.get("LastModified"))
+
+    def delete(self, key: str) -> None:
+        with self._errors("DELETE", key):
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def close(self) -> None:
+        self._client.close()
+
+    @contextlib.contextmanager
+    def _errors(self, operation: str, key: str | None) -> Iterator[None]:
+        """Translate whatever boto3 raises into bakfs's errors, with a message that says what
+        was being done where."""
+        what = f"S3 {operation} {key or ''}".rstrip() + f" ({self.description})"
+        try:
+            yield
+        except botocore.exceptions.ClientError as exc:
+            raise _refusal(exc, what, key, bool(self._sse), operation) from exc
+        except botocore.exceptions.NoCredentialsError as exc:
+            raise AccessDenied(f"{what}: no credentials", key) from exc
+        except (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StoreUnreachable(f"{what}: cannot reach the store: {exc}", key) from exc
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _refusal(exc: botocore.exceptions.ClientError, what: str, key: str | None, sse: bool,
+             operation: str) -> StoreError:
+    code = _code(exc)
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    message = exc.response.get("Error", {}).get("Message") or code or f"HTTP {status}"
+    text = f"{what}: the store refused: {code or status} ({message})"
+    if code in _MISSING or status == 404:
+        return ObjectMissing(text, key)
+    if code in _BAD_DIGEST:
+        return ChecksumMismatch(text + "; the data was changed on the way", key)
+    if code in _PRECONDITION or status == 412:
+        return AlreadyExists(text, key)
+    if code in _DENIED or status == 403:
+        return AccessDenied(text, key)
+    if sse and operation in ("GET", "HEAD") and status == 400:
+        # S3 answers a missing or wrong SSE-C key with 400 (RGW: InvalidArgument).
+        return AccessDenied(text + "; is s3.sse_customer_key the key the backup was "
+                            "written with?", key)
+    if status >= 500:
+        return StoreUnreachable(f"{what}: the store failed: {code or status} ({message})", key)
+    return StoreRefused(text, key)
+
+
+def _make_client(options: S3Options) -> Any:
+    """One boto3 client configured as Cinder configures its own, plus path-style addressing
+    for non-AWS endpoints (Ceph RGW, MinIO) and checksums only where required (RGW does not
+    validate the newer flexible checksums; Content-MD5 does the job)."""
+    assert options.endpoint_url is not None
+    assert options.access_key is not None and options.secret_key is not None
+    proxies = {}
+    if options.http_proxy:
+        proxies["http"] = options.http_proxy
+    if options.https_proxy:
+        proxies["https"] = options.https_proxy
+    host = urlsplit(options.endpoint_url).hostname or ""
+    config = botocore.config.Config(
+        connect_timeout=options.timeout,
+        read_timeout=options.timeout,
+        max_pool_connections=options.max_pool_connections,
+        retries={"max_attempts": options.retry_max_attempts, "mode": options.retry_mode},
+        proxies=proxies or None,
+        s3={"addressing_style": "auto" if host.endswith("amazonaws.com") else "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    verify: bool | str | None = options.ca_cert_file if options.verify_ssl else False
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=options.endpoint_url,
+        aws_access_key_id=options.access_key.reveal(),
+        aws_secret_access_key=options.secret_key.reveal(),
+        region_name=session.region_name or "us-east-1",
+        verify=verify,
+        config=config,
+    )
