@@ -22,7 +22,7 @@ _ZEROS = bytes(1 << 20)
 def read_object(store: ObjectStore, entry: ObjectEntry) -> bytes:
     """The verified plain bytes of one data object."""
     body = store.get(entry.name)
-    plain = codec.decompress(body, entry.compression, entry.length)
+    plain = codec.decompress(body, entry.compression, entry.length, entry.name)
     codec.verify(plain, entry.length, entry.md5, entry.name)
     return plain
 

@@ -24,7 +24,7 @@ from bakfs.cinder.metadata import (
     minimal_volume_meta,
 )
 from bakfs.config import S3Options
-from bakfs.discovery import BackupRef, load_metadata, load_sha256file
+from bakfs.discovery import BackupRef, load_chain, load_sha256file
 from bakfs.errors import BakfsError
 from bakfs.store.base import ObjectStore
 
@@ -54,7 +54,7 @@ def write_backup(store: ObjectStore, source: BinaryIO, volume_id: str, options: 
                 f"parent {parent.backup_id} tracks {parent_sha.chunk_size}-byte blocks, "
                 f"s3.block_size is {block}: the block size changed, do a full backup")
         parent_hashes = parent_sha.sha256s
-        parent_size = load_metadata(store, parent).covered_size
+        parent_size = load_chain(store, parent)[0][1].covered_size  # the full backup's size
 
     store.ensure_bucket()
     prefix = naming.make_prefix(volume_id, backup_id, now, options.availability_zone)

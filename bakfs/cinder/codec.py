@@ -58,9 +58,9 @@ def compress(data: bytes | memoryview, algorithm: str) -> tuple[bytes | memoryvi
     return packed, algorithm.lower()
 
 
-def decompress(body: bytes | memoryview, recorded: str,
-               expected_length: int | None = None) -> bytes:
-    """Plain bytes of a stored object; IntegrityError if the body cannot be decoded."""
+def decompress(body: bytes | memoryview, recorded: str, expected_length: int | None = None,
+               key: str | None = None) -> bytes:
+    """Plain bytes of a stored object; IntegrityError naming `key` if it cannot be decoded."""
     kind = family(recorded)
     try:
         if kind == "none":
@@ -71,7 +71,8 @@ def decompress(body: bytes | memoryview, recorded: str,
             return bz2.decompress(body)
         return _zstd_decompress(body, expected_length)
     except (zlib.error, OSError, ValueError, EOFError, zstandard.ZstdError) as exc:
-        raise IntegrityError(f"cannot decompress {recorded} data: {exc}") from None
+        what = f"object {key}" if key else "data"
+        raise IntegrityError(f"{what}: cannot decompress as {recorded}: {exc}", key) from None
 
 
 def _zstd_decompress(body: bytes | memoryview, expected_length: int | None) -> bytes:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 _MISSING = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 _DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
-_BAD_DIGEST = {"BadDigest", "InvalidDigest"}
+_BAD_DIGEST = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 # Errors while streaming a body after a 200: Cinder's reader retries these itself, on top of
 # botocore's retries of the request.
@@ -182,10 +182,12 @@ def _refusal(exc: botocore.exceptions.ClientError, what: str, key: str | None, s
         return AlreadyExists(text, key)
     if code in _DENIED or status == 403:
         return AccessDenied(text, key)
-    if sse and operation in ("GET", "HEAD") and status == 400:
+    if operation in ("GET", "HEAD") and status == 400:
         # S3 answers a missing or wrong SSE-C key with 400 (RGW: InvalidArgument).
-        return AccessDenied(text + "; is s3.sse_customer_key the key the backup was "
-                            "written with?", key)
+        hint = ("is s3.sse_customer_key the key the object was written with?" if sse else
+                "the object may be SSE-C encrypted: set s3.sse_customer_key and "
+                "s3.sse_customer_algorithm")
+        return AccessDenied(f"{text}; {hint}", key)
     if status >= 500:
         return StoreUnreachable(f"{what}: the store failed: {code or status} ({message})", key)
     return StoreRefused(text, key)

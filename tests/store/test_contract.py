@@ -1,0 +1,74 @@
+"""One contract, two stores: the embedded local store and S3 on radosgw behave alike."""
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bakfs.errors import AlreadyExists, ObjectMissing
+from bakfs.store.base import ObjectStore
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest) -> Iterator[ObjectStore]:
+    yield request.getfixturevalue(f"{request.param}_store")
+
+
+def test_put_get_head_and_ranges(store: ObjectStore) -> None:
+    store.put("volume_v/20260101000000/az_nova_backup_b-00001", b"0123456789")
+    key = "volume_v/20260101000000/az_nova_backup_b-00001"
+    assert store.get(key) == b"0123456789"
+    assert store.get(key, (2, 5)) == b"234"
+    assert store.get(key, (8, 100)) == b"89"
+    assert store.get(key, (5, 5)) == b""
+    info = store.head(key)
+    assert info.key == key and info.size == 10 and info.last_modified is not None
+    store.put(key, memoryview(b"replaced"))
+    assert store.get(key) == b"replaced"
+
+
+def test_missing_objects_raise_object_missing(store: ObjectStore) -> None:
+    with pytest.raises(ObjectMissing, match="nope"):
+        store.get("nope")
+    with pytest.raises(ObjectMissing):
+        store.head("nope")
+    store.delete("nope")  # deleting what is not there is fine, as in S3
+
+
+def test_list_is_sorted_by_key_filtered_by_prefix_and_pages(store: ObjectStore) -> None:
+    keys = [f"volume_a/t/k-{i:05d}" for i in range(1050)]
+    keys += ["volume_a/t/k_metadata", "volume_a/t/k_sha256file", "volume_a/t2/x",
+             "volume_ab/y", "volume_b/z"]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: store.put(k, k.encode()), keys))
+    listed = [i.key for i in store.list("volume_a/")]
+    assert listed == sorted(k for k in keys if k.startswith("volume_a/"))
+    assert [i.key for i in store.list("volume_a")] == sorted(
+        k for k in keys if k.startswith("volume_a"))
+    assert [i.size for i in store.list("volume_b/")] == [len("volume_b/z")]
+    assert list(store.list("volume_none/")) == []
+
+
+def test_put_if_absent_is_atomic_and_exclusive(store: ObjectStore) -> None:
+    store.put("lock", b"first", if_absent=True)
+    with pytest.raises(AlreadyExists):
+        store.put("lock", b"second", if_absent=True)
+    assert store.get("lock") == b"first"
+
+    def claim(n: int) -> bool:
+        try:
+            store.put("race", str(n).encode(), if_absent=True)
+            return True
+        except AlreadyExists:
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(claim, range(16))) == 1
+
+
+def test_delete_removes(store: ObjectStore) -> None:
+    store.put("a/b/c", b"x")
+    store.delete("a/b/c")
+    with pytest.raises(ObjectMissing):
+        store.get("a/b/c")
+    assert list(store.list("a/")) == []

@@ -1,0 +1,64 @@
+import bz2
+import os
+import zlib
+
+import pytest
+import zstandard
+
+from bakfs.cinder import codec
+from bakfs.errors import IntegrityError, UnsupportedCompression
+
+TEXT = b"the quick brown fox jumps over the lazy dog\n" * 2000
+
+
+@pytest.mark.parametrize("name", ["zlib", "gzip", "bz2", "bzip2", "zstd", "ZSTD", "Zlib"])
+def test_round_trip_records_the_configured_spelling_lowercased(name: str) -> None:
+    stored, recorded = codec.compress(TEXT, name)
+    assert recorded == name.lower()
+    assert len(stored) < len(TEXT)
+    assert codec.decompress(stored, recorded, len(TEXT)) == TEXT
+
+
+def test_stream_formats_are_the_ones_cinder_reads() -> None:
+    assert codec.compress(TEXT, "gzip")[0][:2] == b"\x78\x9c"  # zlib-wrapped, not gzip
+    assert zlib.decompress(codec.compress(TEXT, "zlib")[0]) == TEXT
+    packed = codec.compress(TEXT, "bz2")[0]
+    assert packed[:4] == b"BZh9" and bz2.decompress(packed) == TEXT
+    frame = codec.compress(TEXT, "zstd")[0]
+    # python-zstd (Cinder) cannot decode a frame that does not record its content size
+    assert zstandard.get_frame_parameters(frame).content_size == len(TEXT)
+
+
+@pytest.mark.parametrize("name", ["zlib", "bz2", "zstd", "none", "off", "no"])
+def test_incompressible_data_is_stored_raw_and_recorded_none(name: str) -> None:
+    noise = os.urandom(65536)
+    stored, recorded = codec.compress(noise, name)
+    assert recorded == "none" and bytes(stored) == noise
+
+
+def test_zstd_reader_decodes_every_frame() -> None:
+    c = zstandard.ZstdCompressor()
+    body = c.compress(b"a" * 5000) + c.compress(b"b" * 7000)
+    assert codec.decompress(body, "zstd") == b"a" * 5000 + b"b" * 7000
+
+
+@pytest.mark.parametrize("name", ["zlib", "bz2", "zstd"])
+def test_damaged_bodies_fail_as_integrity_errors(name: str) -> None:
+    stored = bytearray(codec.compress(TEXT, name)[0])
+    stored[len(stored) // 2] ^= 0xFF
+    del stored[-3:]
+    with pytest.raises(IntegrityError):
+        codec.decompress(bytes(stored), name, len(TEXT))
+
+
+def test_unknown_names_are_refused() -> None:
+    with pytest.raises(UnsupportedCompression, match="lz4"):
+        codec.family("lz4")
+
+
+def test_verify_checks_length_and_md5_and_names_the_object() -> None:
+    codec.verify(b"abc", 3, codec.md5_hex(b"abc"), "k")
+    with pytest.raises(IntegrityError, match=r"obj-1.*length"):
+        codec.verify(b"abcd", 3, codec.md5_hex(b"abc"), "obj-1")
+    with pytest.raises(IntegrityError, match=r"obj-2.*md5"):
+        codec.verify(b"abd", 3, codec.md5_hex(b"abc"), "obj-2")

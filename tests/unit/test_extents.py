@@ -1,0 +1,50 @@
+import hashlib
+
+from bakfs.cinder import extents
+
+B = 32768
+C = 65536
+
+
+def test_block_hashes_hash_the_short_tail_unpadded() -> None:
+    data = b"x" * (B + 10)
+    assert extents.block_hashes(data, B) == [hashlib.sha256(b"x" * B).hexdigest(),
+                                             hashlib.sha256(b"x" * 10).hexdigest()]
+
+
+def test_full_backup_stores_whole_windows() -> None:
+    assert extents.changed_runs(["a", "b"], None, 0, B, C) == [(0, C)]
+    assert extents.changed_runs([], None, 0, B, 0) == []
+
+
+def _runs_for_volume(old: bytes, new: bytes) -> list[tuple[int, int]]:
+    parent = extents.block_hashes(old, B)
+    runs = []
+    for start in range(0, len(new), C):
+        window = new[start:start + C]
+        hashes = extents.block_hashes(window, B)
+        runs += [(start + a, start + b)
+                 for a, b in extents.changed_runs(hashes, parent, start // B, B, len(window))]
+    return runs
+
+
+def test_cinder_worked_example_runs_are_cut_at_window_boundaries() -> None:
+    # cinder-format.md section 7: 100 KiB volume, one byte changed in b1, b2 and b3 (the 4 KiB
+    # tail): two objects, b1 alone (cut at the 64 KiB window) and b2+b3 to the short end.
+    old = bytes(range(256)) * 400
+    new = bytearray(old)
+    for offset in (B + 5, 2 * B + 5, 3 * B + 5):
+        new[offset] ^= 1
+    assert _runs_for_volume(old, bytes(new)) == [(B, 2 * B), (2 * B, 102400)]
+
+
+def test_unchanged_volume_has_no_objects_and_zeroing_counts_as_change() -> None:
+    old = b"\x01" * (4 * B)
+    assert _runs_for_volume(old, old) == []
+    new = bytearray(old)
+    new[B:2 * B] = bytes(B)
+    assert _runs_for_volume(old, bytes(new)) == [(B, 2 * B)]
+
+
+def test_block_past_the_parents_list_counts_as_changed() -> None:
+    assert extents.changed_runs(["a", "b"], ["a"], 0, B, 2 * B) == [(B, 2 * B)]
