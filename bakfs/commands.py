@@ -53,12 +53,12 @@ def config_show(config: Config, as_json: bool = False) -> int:
             section = info.section
             print(f"\n[{section}]")
         if value is None:
-            text = "# (unset)"
+            line = f"# {info.name} (unset)"
         elif isinstance(value, Secret):
-            text = '"****"'
+            line = f'{info.name} = "****"'
         else:
-            text = json.dumps(value)
-        print(f"{info.name} = {text:<40} # {source}")
+            line = f"{info.name} = {json.dumps(value)}"
+        print(f"{line:<56} # {source}")
     return 0
 
 

@@ -163,7 +163,31 @@ class TsmOptions:
     dsmc_path: str = _opt("dsmc", "the dsmc binary (a name on PATH or a path)")
 
 
-SECTIONS: dict[str, type] = {"s3": S3Options, "local": LocalOptions, "tsm": TsmOptions}
+@dataclasses.dataclass(frozen=True)
+class CacheOptions:
+    """`[cache]`: verified, decompressed objects kept for reads (a cache: safe to delete)."""
+
+    path: str = _opt(str(Path(platformdirs.user_cache_dir("bakfs")) / "chunks"),
+                     "directory of the on-disk chunk cache")
+    max_size: int = _opt(2 * GiB, "upper bound of the on-disk cache; least recently used "
+                                  "objects are evicted beyond it", size=True)
+    memory_size: int = _opt(64 * MiB, "upper bound of the in-memory layer of the cache",
+                            size=True)
+    readahead_max: int = _opt(64 * MiB, "largest read-ahead window of a sequential reader",
+                              size=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexOptions:
+    """`[index]`: the LMDB catalog and chunk index (a cache of the store: rebuilt if lost)."""
+
+    path: str = _opt(str(Path(platformdirs.user_cache_dir("bakfs")) / "index"),
+                     "directory of the LMDB chunk index")
+    refresh_interval: float = _opt(60.0, "seconds between looks for backups made elsewhere")
+
+
+SECTIONS: dict[str, type] = {"s3": S3Options, "local": LocalOptions, "tsm": TsmOptions,
+                             "cache": CacheOptions, "index": IndexOptions}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +198,8 @@ class Config:
     s3: S3Options = dataclasses.field(default_factory=S3Options)
     local: LocalOptions = dataclasses.field(default_factory=LocalOptions)
     tsm: TsmOptions = dataclasses.field(default_factory=TsmOptions)
+    cache: CacheOptions = dataclasses.field(default_factory=CacheOptions)
+    index: IndexOptions = dataclasses.field(default_factory=IndexOptions)
     path: Path | None = None
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -367,6 +393,8 @@ def load(path: str | os.PathLike[str] | None = None,
         s3=_validate_s3(s3, warnings),
         local=LocalOptions(**values["local"]),
         tsm=TsmOptions(**values["tsm"]),
+        cache=_validate_cache(CacheOptions(**values["cache"])),
+        index=IndexOptions(**values["index"]),
         path=file_path,
         sources=sources,
         warnings=tuple(warnings),
@@ -429,6 +457,13 @@ def _validate_s3(s3: S3Options, warnings: list[str]) -> S3Options:
         raise ConfigError("s3.sse_customer_key must be exactly 32 bytes for AES256 "
                           f"(it has {len(s3.sse_customer_key.reveal().encode())})")
     return s3
+
+
+def _validate_cache(cache: CacheOptions) -> CacheOptions:
+    for name in ("max_size", "memory_size", "readahead_max"):
+        if getattr(cache, name) < 0:
+            raise ConfigError(f"cache.{name} must not be negative")
+    return cache
 
 
 def describe(config: Config) -> list[tuple[OptionInfo, Any, str]]:

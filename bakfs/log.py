@@ -42,7 +42,7 @@ class RedactSecrets(logging.Filter):
 def config_secrets(config: Config) -> list[str]:
     """The revealed values of every secret in the configuration."""
     values = []
-    for section in (config.s3, config.local, config.tsm):
+    for section in (config.s3, config.local, config.tsm, config.cache, config.index):
         for value in vars(section).values():
             if isinstance(value, Secret):
                 values.append(value.reveal())
