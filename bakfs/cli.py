@@ -60,6 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", metavar="DIR",
                       help="where to put the images (default: a temporary directory)")
 
+    restore = commands.add_parser(
+        "restore", help="write a backup's whole volume to a file or block device",
+        description="Restore BACKUP (an id; its incremental chain is resolved) to TARGET, a "
+                    "file (created sparse: zero ranges are not written) or a block device. "
+                    "Every object is verified (length and md5) before its bytes are written.")
+    restore.add_argument("backup_id", metavar="BACKUP")
+    restore.add_argument("target", metavar="TARGET")
+    restore.add_argument("--json", action="store_true",
+                         help="print a JSON summary (and progress lines) instead of a bar")
+
+    index = commands.add_parser(
+        "index", help="refresh or rebuild the local chunk index (LMDB)",
+        description="The index is a cache of the store: `refresh` adds new backups and drops "
+                    "deleted ones; `rebuild` recreates it from nothing.")
+    index.add_argument("index_action", choices=["refresh", "rebuild"], metavar="ACTION",
+                       help="refresh or rebuild")
+    index.add_argument("--json", action="store_true", help="machine-readable output")
+
     export = commands.add_parser(
         "export-record", help="print the Cinder backup-import record of a backup",
         description="Print the `backup_url` with which `cinder backup-import` makes a "

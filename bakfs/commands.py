@@ -22,6 +22,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
         return run_demo(config, size=config_module.parse_size(args.size), keep=args.keep,
                         workdir=args.workdir)
+    if args.command == "restore":
+        from bakfs.restore import run_restore
+
+        return run_restore(config, args.backup_id, args.target, as_json=args.json)
+    if args.command == "index":
+        from bakfs.catalog import run_index_command
+
+        return run_index_command(config, args.index_action, as_json=args.json)
     if args.command == "export-record":
         return export_record(config, args.backup_id, as_json=args.json)
     raise AssertionError(f"unknown command {args.command}")

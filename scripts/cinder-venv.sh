@@ -23,8 +23,19 @@ MARKER="$VENV/.bakfs-cinder-ready"
 WANT="requirements=${REQUIREMENTS[*]}"
 
 log() { printf '[cinder-venv %s] %s\n' "$(date +%T)" "$*" >&2; }
+ready() { [ -f "$MARKER" ] && [ "$(<"$MARKER")" = "$WANT" ] && [ -x "$VENV/bin/python" ]; }
 
-if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$WANT" ] && [ -x "$VENV/bin/python" ]; then
+if ready; then
+  echo "CINDER_PYTHON=$VENV/bin/python"
+  exit 0
+fi
+
+# Several test processes may call this at once on a fresh machine: one installs, the others
+# wait for it and then find the marker.
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9
+if ready; then
   echo "CINDER_PYTHON=$VENV/bin/python"
   exit 0
 fi
@@ -32,20 +43,17 @@ fi
 start=$SECONDS
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating venv $VENV with $("$BASE_PY" --version 2>&1)"
-  mkdir -p "$(dirname "$VENV")"
   "$BASE_PY" -m venv "$VENV"
 fi
 rm -f "$MARKER"
 log "installing ${REQUIREMENTS[*]}"
-pip_() {
-  # pip warns once per package about this machine's missing file:// index directories; drop
-  # those lines (and only those) so real problems stay visible.
-  "$VENV/bin/python" -m pip --quiet "$@" 2>&1 | { grep -v 'is ignored: it is neither a file' || true; } >&2
-}
-pip_ install --upgrade pip
-pip_ install "${REQUIREMENTS[@]}"
+# pip may warn once per package about file:// index directories named in the machine's pip
+# config that do not exist; drop those lines (only those) so real problems stay visible.
+"$VENV/bin/python" -m pip install --quiet "${REQUIREMENTS[@]}" 2>&1 |
+  { grep -v 'is ignored: it is neither a file nor a directory' || true; } >&2
 log "checking that the S3 backup driver imports"
-"$VENV/bin/python" - >&2 <<'PY'
+# (-W: importing cinder imports eventlet, which warns that it is deprecated)
+"$VENV/bin/python" -W "ignore::Warning:cinder" - >&2 <<'PY'
 import zstd  # noqa: F401  (python-zstd, used by Cinder's zstd compressor)
 import cinder.backup.drivers.s3  # noqa: F401
 from importlib.metadata import version

@@ -53,11 +53,6 @@ from typing import IO, Any, NoReturn
 
 # Cinder imports eventlet, which warns on import that it is deprecated; that is noise here.
 warnings.filterwarnings("ignore", message=r"(?s).*Eventlet is deprecated")
-# oslo.versionedobjects warns (FutureWarning) when a UUID field gets a non-UUID value; real Cinder
-# would accept such a value too, so let it through, but keep the warning visible on stderr.
-
-from oslo_config import cfg  # noqa: E402
-from oslo_utils import strutils, timeutils  # noqa: E402
 
 import cinder.common.config  # noqa: E402, F401  (registers storage_availability_zone etc.)
 from cinder import context as cinder_context  # noqa: E402
@@ -67,6 +62,8 @@ from cinder.db import api as db_api  # noqa: E402
 from cinder.db import models  # noqa: E402
 from cinder.objects import fields as c_fields  # noqa: E402
 from cinder.volume import volume_utils  # noqa: E402
+from oslo_config import cfg  # noqa: E402
+from oslo_utils import strutils, timeutils  # noqa: E402
 
 GIB = 1024**3
 DRIVER_NAME = "cinder.backup.drivers.s3.S3BackupDriver"
@@ -441,9 +438,7 @@ def cmd_backup(args: argparse.Namespace, settings: S3Settings) -> dict[str, Any]
     db = FakeCinderDB()
     db.install()
     # The volume row: the driver reads its size; BackupMetadataAPI turns it into volume_meta.
-    db.add_volume(
-        args.volume_id, size_gib, status="backing-up", previous_status="available"
-    )
+    db.add_volume(args.volume_id, size_gib, status="backing-up", previous_status="available")
     if args.parent_id is not None:
         # Incremental: Cinder loads the parent row for its container and prefix, reads the
         # parent's _sha256file, and refuses if backup.size > parent.size; both are the volume's
@@ -561,15 +556,13 @@ def open_target(path: str, size_bytes: int, volume_is_new: bool) -> IO[bytes]:
     existing = os.path.getsize(path)
     if existing != size_bytes:
         log.warning("%s has %d bytes, the backup's volume %d", path, existing, size_bytes)
-    return open(path, "r+b")  # noqa: SIM115
+    return open(path, "r+b")
 
 
 def volume_bytes_from_metadata(metadata: dict[str, Any]) -> int:
     """A full backup's objects tile the volume, so its size is the end of the last one."""
     ends = [
-        info["offset"] + info["length"]
-        for entry in metadata["objects"]
-        for info in entry.values()
+        info["offset"] + info["length"] for entry in metadata["objects"] for info in entry.values()
     ]
     return max(ends, default=0)
 
@@ -606,9 +599,7 @@ def cmd_restore(args: argparse.Namespace, settings: S3Settings) -> dict[str, Any
     # The API names an auto-created target 'restore_backup_<id>'; BackupMetadataAPI then lets
     # the backup's volume_meta rename it.
     target_name = f"restore_backup_{args.backup_id}" if args.volume_is_new else "restore-target"
-    db.add_volume(
-        target_volume_id, size_gib, status="restoring-backup", display_name=target_name
-    )
+    db.add_volume(target_volume_id, size_gib, status="restoring-backup", display_name=target_name)
     requested = objects.Backup.get_by_id(ctx, args.backup_id)
     with open_target(args.volume_file, size_bytes, args.volume_is_new) as target:
         driver.restore(requested, target_volume_id, target, args.volume_is_new)
