@@ -128,3 +128,11 @@ def test_unknown_bakfs_variables_warn() -> None:
     ("4194304", 4 * MiB), ("4M", 4 * MiB), ("4MiB", 4 * MiB), ("32 kib", 32768), ("1G", 1 << 30)])
 def test_sizes(text: str, value: int) -> None:
     assert config.parse_size(text) == value
+
+
+def test_docs_list_every_option_with_its_environment_variable() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    for info in config.options():
+        assert f"| `{info.name}` | `{info.env}` |" in doc, info.key
+        if info.cinder:
+            assert f"`{info.cinder}`" in doc
