@@ -20,6 +20,7 @@ class ObjectInfo:
     key: str
     size: int
     last_modified: datetime | None = None
+    etag: str | None = None  # unquoted; changes whenever the object is rewritten
 
 
 class ObjectStore(Protocol):
@@ -34,9 +35,11 @@ class ObjectStore(Protocol):
         """Make sure the bucket exists, creating it if allowed."""
         ...
 
-    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False) -> None:
+    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False,
+            if_match: str | None = None) -> None:
         """Store `data` whole under `key`, integrity-checked on the way in. With `if_absent`
-        the put fails with AlreadyExists when the key exists (atomically)."""
+        the put fails with AlreadyExists when the key exists; with `if_match` it fails with
+        AlreadyExists unless the object's current etag is that one. Both are atomic."""
         ...
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:

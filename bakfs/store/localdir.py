@@ -12,6 +12,7 @@ Blocking code, safe for concurrent use from several threads.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -66,7 +67,8 @@ class LocalStore:
             raise StoreRefused(f"{self.description}: {key!r} is not a valid object key", key)
         return self.path.joinpath(*parts)
 
-    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False) -> None:
+    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False,
+            if_match: str | None = None) -> None:
         target = self._file(key)
         temp = target.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
         digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
@@ -86,6 +88,8 @@ class LocalStore:
                     raise AlreadyExists(f"{self.description}: {key} already exists", key) from None
                 finally:
                     temp.unlink(missing_ok=True)
+            elif if_match is not None:
+                self._replace_if_match(temp, target, if_match, key)
             else:
                 os.replace(temp, target)
             _fsync_dir(target.parent)
@@ -94,6 +98,32 @@ class LocalStore:
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise _os_error(exc, f"write {key} to {self.description}", key) from exc
+
+    def _replace_if_match(self, temp: Path, target: Path, etag: str, key: str) -> None:
+        """Compare-and-swap under an exclusive lock on the bucket directory (local writers
+        all take it for conditional puts)."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = self._etag_of(target)
+            except FileNotFoundError:
+                current = None
+            if current != etag:
+                temp.unlink(missing_ok=True)
+                raise AlreadyExists(f"{self.description}: {key} changed (etag {current}, "
+                                    f"expected {etag})", key)
+            os.replace(temp, target)
+        finally:
+            os.close(fd)
+
+    def _etag_of(self, path: Path) -> str:
+        """The object's MD5 as S3 would give it for a single-part put."""
+        with open(path, "rb") as f:
+            stored = self._get_md5(f.fileno())
+            if stored is not None:
+                return stored
+            return hashlib.md5(f.read(), usedforsecurity=False).hexdigest()
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         path = self._file(key)
@@ -115,11 +145,13 @@ class LocalStore:
         return data
 
     def head(self, key: str) -> ObjectInfo:
+        path = self._file(key)
         try:
-            st = self._file(key).stat()
+            st = path.stat()
+            etag = self._etag_of(path)
         except OSError as exc:
             raise _os_error(exc, f"stat {key} in {self.description}", key) from exc
-        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC), etag)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         # Start at the deepest directory the prefix names, then walk in key order.
@@ -148,7 +180,8 @@ class LocalStore:
                 yield from self._walk(Path(entry.path), key, prefix)
             elif key.startswith(prefix):
                 st = entry.stat()
-                yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+                yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC),
+                                 self._stored_md5(entry.path))
 
     def delete(self, key: str) -> None:
         path = self._file(key)
@@ -181,6 +214,12 @@ class LocalStore:
             self._xattrs = False
             log.warning("%s: the filesystem has no user xattrs; object MD5s are not kept",
                         self.description)
+
+    def _stored_md5(self, path: str) -> str | None:
+        try:
+            return os.getxattr(path, MD5_XATTR).decode()
+        except OSError:
+            return None
 
     def _get_md5(self, fd: int) -> str | None:
         try:

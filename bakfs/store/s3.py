@@ -98,7 +98,8 @@ class S3Store:
             if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
 
-    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False) -> None:
+    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False,
+            if_match: str | None = None) -> None:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": bytes(data),
                                 "ContentLength": len(data), **self._sse}
         if self.options.md5_validation:
@@ -106,6 +107,8 @@ class S3Store:
             args["ContentMD5"] = base64.b64encode(digest).decode("ascii")
         if if_absent:
             args["IfNoneMatch"] = "*"
+        if if_match is not None:
+            args["IfMatch"] = if_match  # unquoted: RGW 16 compares the raw header
         with self._errors("PUT", key):
             self._client.put_object(**args)
 
@@ -133,14 +136,16 @@ class S3Store:
     def head(self, key: str) -> ObjectInfo:
         with self._errors("HEAD", key):
             response = self._client.head_object(Bucket=self.bucket, Key=key, **self._sse)
-        return ObjectInfo(key, int(response["ContentLength"]), response.get("LastModified"))
+        return ObjectInfo(key, int(response["ContentLength"]), response.get("LastModified"),
+                          _etag(response.get("ETag")))
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
         with self._errors("LIST", prefix):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(item["Key"], int(item["Size"]), item.get("LastModified"))
+                    yield ObjectInfo(item["Key"], int(item["Size"]), item.get("LastModified"),
+                                     _etag(item.get("ETag")))
 
     def delete(self, key: str) -> None:
         with self._errors("DELETE", key):
@@ -162,6 +167,10 @@ class S3Store:
             raise AccessDenied(f"{what}: no credentials", key) from exc
         except (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
             raise StoreUnreachable(f"{what}: cannot reach the store: {exc}", key) from exc
+
+
+def _etag(value: str | None) -> str | None:
+    return value.strip('"') if value else None
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:

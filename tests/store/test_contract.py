@@ -72,3 +72,15 @@ def test_delete_removes(store: ObjectStore) -> None:
     with pytest.raises(ObjectMissing):
         store.get("a/b/c")
     assert list(store.list("a/")) == []
+
+
+def test_put_if_match_swaps_only_the_expected_version(store: ObjectStore) -> None:
+    store.put("lease", b"v1")
+    etag = store.head("lease").etag
+    assert etag and '"' not in etag
+    store.put("lease", b"v2", if_match=etag)
+    assert store.get("lease") == b"v2"
+    with pytest.raises(AlreadyExists):
+        store.put("lease", b"v3", if_match=etag)  # v1's etag no longer matches
+    assert store.get("lease") == b"v2"
+    assert [i.etag for i in store.list("lease")] == [store.head("lease").etag]
