@@ -13,6 +13,7 @@ Subcommands (JSON result on stdout, diagnostics on stderr, exit status 0 only on
                [--container C] [--name N] [--description D]
     restore    --volume-file OUT --chain CHAIN_JSON|@path --backup-id B
                [--volume-is-new] [--size BYTES] [--target-volume-id T]
+    delete     --backup-id B --volume-id V --prefix P [--container C]
     import-url --backup-url URL [--backup-service NAME]
 
 Configuration comes only from the environment, so that secrets never appear in ``ps``:
@@ -585,6 +586,7 @@ def cmd_restore(args: argparse.Namespace, settings: S3Settings) -> dict[str, Any
     if args.size is not None:
         size_bytes = args.size
     else:
+        # Read with the driver's own reader, so SSE-C and the bucket work as for the restore.
         base = objects.Backup.get_by_id(ctx, layers[0].backup_id)
         size_bytes = volume_bytes_from_metadata(driver._read_metadata(base))
     if size_bytes <= 0:
@@ -612,6 +614,30 @@ def cmd_restore(args: argparse.Namespace, settings: S3Settings) -> dict[str, Any
         "target_volume_id": target_volume_id,
         "volume_updates": db.volume_updates,
     }
+
+
+def cmd_delete(args: argparse.Namespace, settings: S3Settings) -> dict[str, Any]:
+    """Delete one backup's objects with Cinder's delete_backup (newest of a chain first)."""
+    ctx = cinder_context.get_admin_context()
+    db = FakeCinderDB()
+    db.install()
+    db.add_backup(
+        args.backup_id,
+        args.volume_id,
+        status=c_fields.BackupStatus.DELETING,
+        container=args.container or settings.bucket,
+        service_metadata=args.prefix,
+    )
+    backup = objects.Backup.get_by_id(ctx, args.backup_id)
+    driver = make_driver(ctx)
+    # Cinder lists everything under the prefix and deletes it object by object. Listing an
+    # empty prefix raises TypeError inside Cinder (no "Contents"); delete_backup shrugs it off.
+    try:
+        deleted = driver.get_container_entries(backup.container, backup.service_metadata)
+    except TypeError:
+        deleted = []
+    driver.delete_backup(backup)
+    return {"ok": True, "backup_id": args.backup_id, "deleted": deleted}
 
 
 def cmd_import_url(args: argparse.Namespace) -> dict[str, Any]:
@@ -706,6 +732,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("--target-volume-id", help="id of the fake target volume row")
 
+    delete = sub.add_parser("delete", help="delete a backup's objects with Cinder")
+    delete.add_argument("--backup-id", required=True)
+    delete.add_argument("--volume-id", required=True)
+    delete.add_argument("--prefix", required=True, help="the backup's service_metadata")
+    delete.add_argument("--container", help="the backup's bucket (default: configured)")
+
     import_url = sub.add_parser("import-url", help="check a backup_url as backup-import would")
     import_url.add_argument("--backup-url", required=True)
     import_url.add_argument(
@@ -724,6 +756,8 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     configure_cinder(settings)
     if args.command == "backup":
         return cmd_backup(args, settings)
+    if args.command == "delete":
+        return cmd_delete(args, settings)
     return cmd_restore(args, settings)
 
 
