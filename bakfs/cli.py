@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bakfs {__version__}")
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more: -v for progress notes (INFO), -vv for DEBUG")
     parser.add_argument("--debug-module", metavar="NAME", action="append", default=[],
                         help="also let this library log at DEBUG (e.g. botocore); may "
                              "print request details")
@@ -59,6 +59,57 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the demo's backups in the store (default: remove them)")
     demo.add_argument("--workdir", metavar="DIR",
                       help="where to put the images (default: a temporary directory)")
+
+    backup = commands.add_parser(
+        "backup", help="back up a file, block device or stdin (full or incremental)",
+        description="Back up SOURCE (a regular file, a block device, a pipe, or - for stdin) "
+                    "as a new backup of VOLUME in Cinder's format. By default it is an "
+                    "incremental on the volume's newest complete backup when that one has the "
+                    "same block size and the volume the same size, else a full backup (and "
+                    "bakfs says why). Only changed blocks are uploaded. The backup becomes "
+                    "visible only when complete; an interrupted one leaves nothing listed. "
+                    "One writer per volume at a time.")
+    backup.add_argument("source", metavar="SOURCE")
+    backup.add_argument("--volume", required=True, metavar="VOLUME_ID",
+                        help="volume id (letters, digits, '.', '_', '-'; Cinder uses UUIDs)")
+    kind = backup.add_mutually_exclusive_group()
+    kind.add_argument("--parent", metavar="BACKUP_ID", help="make an incremental on this backup")
+    kind.add_argument("--full", action="store_true", help="make a full backup")
+    backup.add_argument("--name", help="backup name (Cinder's display_name)")
+    backup.add_argument("--description", help="backup description")
+    backup.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+    ls = commands.add_parser("ls", help="list volumes and their backups",
+                             description="List the complete backups in the store (Cinder-made "
+                                         "ones included), oldest first per volume.")
+    ls.add_argument("volume", nargs="?", metavar="VOLUME", help="only this volume")
+    ls.add_argument("--all", action="store_true",
+                    help="also show incomplete backups (orphans for `bakfs gc`)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    verify = commands.add_parser(
+        "verify", help="check a backup's objects (and, with --deep, every block)",
+        description="Check that every object of BACKUP exists and decodes to its recorded "
+                    "length and md5, and that nothing foreign lives under its prefix. With "
+                    "--deep, also reassemble the volume through its chain and compare every "
+                    "block with the sha256file. Exit code 1 when anything is wrong.")
+    verify.add_argument("backup_id", metavar="BACKUP")
+    verify.add_argument("--deep", action="store_true", help="reassemble and check every block")
+
+    delete = commands.add_parser(
+        "delete", help="delete a backup no incremental depends on",
+        description="Delete BACKUP's objects, `_metadata` first so it is never half listed. "
+                    "Refused while incremental backups depend on it.")
+    delete.add_argument("backup_id", metavar="BACKUP")
+
+    gc = commands.add_parser(
+        "gc", help="find (and with --delete remove) objects of interrupted backups",
+        description="List the objects of backups that were interrupted before their "
+                    "`_metadata` was written and that no running writer holds. Dry run unless "
+                    "--delete is given.")
+    gc.add_argument("volume", nargs="?", metavar="VOLUME", help="only this volume")
+    gc.add_argument("--delete", action="store_true", help="remove them")
+    gc.add_argument("--json", action="store_true", help="machine-readable output")
 
     restore = commands.add_parser(
         "restore", help="write a backup's whole volume to a file or block device",
@@ -95,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bakfs import config as config_module
     from bakfs import log as log_module
 
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     log_module.setup(level, debug_modules=args.debug_module)
     try:
         config = config_module.load(args.config)

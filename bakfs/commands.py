@@ -22,6 +22,20 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
         return run_demo(config, size=config_module.parse_size(args.size), keep=args.keep,
                         workdir=args.workdir)
+    if args.command == "backup":
+        from bakfs.backup_cmd import run_backup
+
+        return run_backup(config, args.source, args.volume, parent_id=args.parent,
+                          full=args.full, name=args.name, description=args.description,
+                          as_json=args.json)
+    if args.command == "ls":
+        return list_backups(config, args.volume, show_all=args.all, as_json=args.json)
+    if args.command == "verify":
+        return verify_backup(config, args.backup_id, deep=args.deep)
+    if args.command == "delete":
+        return delete_backup(config, args.backup_id)
+    if args.command == "gc":
+        return collect_garbage(config, args.volume, delete=args.delete, as_json=args.json)
     if args.command == "restore":
         from bakfs.restore import run_restore
 
@@ -106,4 +120,100 @@ def export_record(config: Config, backup_id: str, as_json: bool = False) -> int:
     if metadata.parent_id:
         print(f"# import the parent {metadata.parent_id} first", file=sys.stderr)
     print(f"cinder backup-import {record.S3_BACKUP_SERVICE} {url}")
+    return 0
+
+
+def list_backups(config: Config, volume_id: str | None, show_all: bool, as_json: bool) -> int:
+    from bakfs.inventory import survey
+    from bakfs.progress import human_bytes
+    from bakfs.store import open_store
+
+    store = open_store(config)
+    try:
+        backups = [b for b in survey(store, volume_id) if show_all or b.complete]
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps([b.as_dict() for b in backups], indent=2))
+        return 0
+    if not backups:
+        print(f"no backups in {store.description}" + (f" for volume {volume_id}"
+                                                      if volume_id else ""))
+        return 0
+    volume = None
+    for b in backups:
+        if b.ref.volume_id != volume:
+            volume = b.ref.volume_id
+            print(f"volume {volume}")
+            print(f"  {'BACKUP':<36}  {'STARTED (UTC)':<19}  {'KIND':<11}  {'SIZE':>10}  "
+                  f"{'STORED':>10}  {'OBJECTS':>7}  {'CODEC':<9}  PARENT")
+        d = b.as_dict()
+        size = human_bytes(b.size) if b.size is not None else "?"
+        print(f"  {b.ref.backup_id:<36}  {b.ref.started_at:%Y-%m-%d %H:%M:%S}  {b.kind:<11}  "
+              f"{size:>10}  {human_bytes(b.stored_bytes):>10}  {d['data_objects']:>7}  "
+              f"{','.join(b.codecs) or '-':<9}  {d['parent_id'] or '-'}")
+    return 0
+
+
+def verify_backup(config: Config, backup_id: str, deep: bool) -> int:
+    from bakfs.inventory import verify
+    from bakfs.store import open_store
+
+    store = open_store(config)
+    try:
+        problems = verify(store, backup_id, deep=deep,
+                          report=lambda line: print(line, file=sys.stderr))
+    finally:
+        store.close()
+    for problem in problems:
+        print(f"BAD: {problem}")
+    if problems:
+        print(f"backup {backup_id}: {len(problems)} problems", file=sys.stderr)
+        return 1
+    print(f"backup {backup_id} is sound" + (" (every block checked)" if deep else ""))
+    return 0
+
+
+def delete_backup(config: Config, backup_id: str) -> int:
+    from bakfs.inventory import delete
+    from bakfs.store import open_store
+
+    store = open_store(config)
+    try:
+        count = delete(store, backup_id)
+    finally:
+        store.close()
+    print(f"deleted backup {backup_id} ({count} objects)")
+    return 0
+
+
+def collect_garbage(config: Config, volume_id: str | None, delete: bool, as_json: bool) -> int:
+    from bakfs.inventory import find_orphans, remove_orphans
+    from bakfs.progress import human_bytes
+    from bakfs.store import open_store
+
+    store = open_store(config)
+    try:
+        orphans = find_orphans(store, volume_id)
+        removed = remove_orphans(store, orphans) if delete else 0
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps({"deleted": delete, "orphans": [
+            {"backup_id": o.ref.backup_id, "volume_id": o.ref.volume_id,
+             "objects": [i.key for i in o.objects], "bytes": o.bytes} for o in orphans]},
+            indent=2))
+        return 0
+    for orphan in orphans:
+        print(f"{'removed' if delete else 'orphan'}: backup {orphan.ref.backup_id} of volume "
+              f"{orphan.ref.volume_id}: {len(orphan.objects)} objects, "
+              f"{human_bytes(orphan.bytes)}")
+    total = sum(o.bytes for o in orphans)
+    if delete:
+        print(f"removed {removed} objects ({human_bytes(total)})")
+    elif orphans:
+        print(f"{len(orphans)} interrupted backups, {human_bytes(total)}; run "
+              "`bakfs gc --delete` to remove them")
+    else:
+        print("no orphans")
     return 0
