@@ -17,14 +17,15 @@ import signal
 import stat
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from typing import BinaryIO
 
 import trio
 
-from bakfs.backup_engine import BackupPlan, BackupSink
+from bakfs.backup_engine import BackupPlan, BackupStats, run_backup_stream
 from bakfs.cinder import naming
 from bakfs.config import Config
-from bakfs.discovery import BackupRef, find_backup, find_backups, load_chain, load_sha256file
+from bakfs.discovery import BackupRef, find_backup, load_chain, load_sha256file, newest_backup
 from bakfs.errors import BakfsError, FormatError
 from bakfs.locking import VolumeLease
 from bakfs.progress import Progress, human_bytes
@@ -86,10 +87,9 @@ def plan_backup(store: ObjectStore, config: Config, volume_id: str, size: int | 
         if problem:
             raise BakfsError(f"cannot make an incremental on {parent_id}: {problem}")
         return plan, f"incremental on {parent_id} (--parent)"
-    backups = find_backups(store, volume_id)
-    if not backups:
+    newest = newest_backup(store, volume_id)
+    if newest is None:
         return base, f"full backup: volume {volume_id} has no earlier backup"
-    newest = backups[-1]
     problem, plan = _incremental_on(store, base, newest, size)
     if problem:
         return base, f"full backup: {problem}"
@@ -118,38 +118,39 @@ async def stream_backup(store: ObjectStore, plan: BackupPlan, source: Source,
     lease = VolumeLease(store, plan.volume_id, plan.backup_id)
     await trio.to_thread.run_sync(lease.acquire)
     disk = trio.CapacityLimiter(1)
-    error: BaseException | None = None
-    ref: BackupRef | None = None
+    offset = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal offset
+        while True:
+            try:
+                # abandoned on cancel: a read has no side effect, and a pipe or a hung
+                # device may never return
+                data = await trio.to_thread.run_sync(source.file.read, READ_SIZE,
+                                                     limiter=disk, abandon_on_cancel=True)
+            except OSError as exc:
+                raise SourceError(f"reading {source.path} failed at byte {offset}: "
+                                  f"{exc.strerror or exc}; nothing was committed") from None
+            if not data:
+                return
+            offset += len(data)
+            yield data
+
+    def show(stats: BackupStats) -> None:
+        progress.update_to(stats.bytes_read, f"changed {human_bytes(stats.bytes_changed)}, "
+                                             f"sent {human_bytes(stats.bytes_uploaded)}")
+
+    result: tuple[BackupRef, BackupStats] | None = None
     async with trio.open_nursery() as nursery:
-        sink = await BackupSink.start(nursery, store, plan, lease)
         body = trio.CancelScope()
         nursery.start_soon(_cancel_on_sigterm, body)
         with body:
-            try:
-                while data := await trio.to_thread.run_sync(source.file.read, READ_SIZE,
-                                                            limiter=disk):
-                    await sink.write(data)
-                    stats = sink.stats
-                    progress.update_to(stats.bytes_read,
-                                       f"changed {human_bytes(stats.bytes_changed)}, "
-                                       f"sent {human_bytes(stats.bytes_uploaded)}")
-                ref = await sink.commit()
-            except BaseException as exc:
-                with trio.CancelScope(shield=True):
-                    await sink.abort()
-                if isinstance(exc, trio.Cancelled):
-                    raise
-                error = exc
+            result = await run_backup_stream(store, plan, chunks(), lease, show)
         nursery.cancel_scope.cancel()
-    if isinstance(error, OSError):
-        raise BakfsError(f"reading {source.path} failed after {sink.stats.bytes_read} bytes: "
-                         f"{error.strerror or error}; nothing was committed") from None
-    if error is not None:
-        raise error
-    if ref is None:
+    if result is None:
         raise BakfsError(f"interrupted by SIGTERM: backup {plan.backup_id} abandoned, "
                          "nothing was committed")
-    return ref, sink.stats.as_dict()
+    return result[0], result[1].as_dict()
 
 
 async def _cancel_on_sigterm(scope: trio.CancelScope) -> None:

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import AsyncIterable, Callable
 from datetime import UTC, datetime
 
 import trio
@@ -341,3 +342,31 @@ class BackupSink:
                 log.warning("could not release the lease of volume %s: %s",
                             self.plan.volume_id, exc)
 
+
+async def run_backup_stream(store: ObjectStore, plan: BackupPlan,
+                            chunks: AsyncIterable[bytes | memoryview],
+                            lease: VolumeLease | None = None,
+                            on_progress: Callable[[BackupStats], None] | None = None,
+                            ) -> tuple[BackupRef, BackupStats]:
+    """Back up everything `chunks` yields; commit, or abort and raise the first error (as
+    itself, not wrapped in an exception group). Cancellation aborts too."""
+    error: BaseException | None = None
+    ref: BackupRef | None = None
+    async with trio.open_nursery() as nursery:
+        sink = await BackupSink.start(nursery, store, plan, lease)
+        try:
+            async for data in chunks:
+                await sink.write(data)
+                if on_progress is not None:
+                    on_progress(sink.stats)
+            ref = await sink.commit()
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await sink.abort()
+            if isinstance(exc, trio.Cancelled):
+                raise
+            error = exc
+    if error is not None:
+        raise error
+    assert ref is not None
+    return ref, sink.stats

@@ -152,6 +152,8 @@ def list_backups(config: Config, volume_id: str | None, show_all: bool, as_json:
         print(f"  {b.ref.backup_id:<36}  {b.ref.started_at:%Y-%m-%d %H:%M:%S}  {b.kind:<11}  "
               f"{size:>10}  {human_bytes(b.stored_bytes):>10}  {d['data_objects']:>7}  "
               f"{','.join(b.codecs) or '-':<9}  {d['parent_id'] or '-'}")
+        if b.error:
+            print(f"      cannot read its metadata: {b.error}")
     return 0
 
 

@@ -56,6 +56,35 @@ def find_backups(store: ObjectStore, volume_id: str | None = None) -> list[Backu
     return refs
 
 
+def chronological(backups: list[tuple[BackupRef, BackupMetadata]]
+                  ) -> list[tuple[BackupRef, BackupMetadata]]:
+    """Oldest first. Prefix timestamps have one-second resolution, so ties are broken by the
+    recorded `created_at` (bakfs records microseconds) and then by chain depth, so a parent
+    always sorts before its child."""
+    parents = {ref.backup_id: meta.parent_id for ref, meta in backups}
+
+    def depth(backup_id: str) -> int:
+        n, seen = 0, set()
+        while (backup_id := parents.get(backup_id)) is not None and backup_id not in seen:
+            seen.add(backup_id)
+            n += 1
+        return n
+
+    return sorted(backups, key=lambda b: (b[0].prefix.timestamp, b[1].created_at,
+                                          depth(b[0].backup_id), b[0].backup_id))
+
+
+def newest_backup(store: ObjectStore, volume_id: str) -> BackupRef | None:
+    """The volume's most recent complete backup, the default parent of an incremental."""
+    refs = find_backups(store, volume_id)
+    if not refs:
+        return None
+    latest = [r for r in refs if r.prefix.timestamp == refs[-1].prefix.timestamp]
+    if len(latest) == 1:
+        return latest[0]
+    return chronological([(r, load_metadata(store, r)) for r in latest])[-1][0]
+
+
 def find_backup(store: ObjectStore, backup_id: str, volume_id: str | None = None) -> BackupRef:
     """The complete backup with this id; BackupNotFound if there is none."""
     matches = [r for r in find_backups(store, volume_id) if r.backup_id == backup_id]

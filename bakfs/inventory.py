@@ -16,7 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bakfs.cinder import naming
 from bakfs.cinder.metadata import BackupMetadata, ObjectEntry
-from bakfs.discovery import BackupRef, find_backup, load_metadata, load_sha256file
+from bakfs.discovery import (
+    BackupRef,
+    chronological,
+    find_backup,
+    load_metadata,
+    load_sha256file,
+)
 from bakfs.errors import BakfsError
 from bakfs.locking import live_lease
 from bakfs.store.base import ObjectInfo, ObjectStore
@@ -34,6 +40,7 @@ class BackupInfo:
     objects: list[ObjectInfo]
     metadata: BackupMetadata | None = None
     size: int | None = None  # volume bytes, from the chain's full backup
+    error: str | None = None  # why a complete backup's metadata could not be read
 
     @property
     def data_objects(self) -> list[ObjectInfo]:
@@ -46,6 +53,8 @@ class BackupInfo:
 
     @property
     def kind(self) -> str:
+        if self.error is not None:
+            return "unreadable"
         if self.metadata is None:
             return "incomplete"
         return "incremental" if self.metadata.parent_id else "full"
@@ -66,7 +75,7 @@ class BackupInfo:
             "complete": self.complete, "size": self.size,
             "data_objects": len(self.data_objects), "stored_bytes": self.stored_bytes,
             "codecs": self.codecs, "name": m.backup_name if m else None,
-            "prefix": str(self.ref.prefix),
+            "prefix": str(self.ref.prefix), "error": self.error,
         }
 
 
@@ -83,14 +92,22 @@ def survey(store: ObjectStore, volume_id: str | None = None,
         complete = any(o.key == naming.metadata_name(prefix) for o in objects)
         backups.append(BackupInfo(BackupRef(prefix), complete, objects))
     complete = [b for b in backups if b.complete]
+
+    def load(backup: BackupInfo) -> None:
+        try:
+            backup.metadata = load_metadata(store, backup.ref)
+        except BakfsError as exc:  # one unreadable backup must not hide the others
+            backup.error = str(exc)
+
     with ThreadPoolExecutor(threads) as pool:
-        for backup, metadata in zip(complete, pool.map(lambda b: load_metadata(store, b.ref),
-                                                       complete), strict=True):
-            backup.metadata = metadata
+        list(pool.map(load, complete))
     by_id = {b.ref.backup_id: b for b in complete}
     for backup in complete:
         backup.size = _volume_size(backup, by_id)
-    backups.sort(key=lambda b: (b.ref.volume_id, b.ref.prefix.timestamp, b.ref.backup_id))
+    ordered = {ref.backup_id: n for n, (ref, _meta) in enumerate(chronological(
+        [(b.ref, b.metadata) for b in complete if b.metadata is not None]))}
+    backups.sort(key=lambda b: (b.ref.volume_id, b.ref.prefix.timestamp,
+                                ordered.get(b.ref.backup_id, -1), b.ref.backup_id))
     return backups
 
 
