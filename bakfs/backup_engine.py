@@ -88,14 +88,34 @@ class BackupStats:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Prepared:
-    """One object ready to upload (key assigned later, in volume order)."""
+class PreparedObject:
+    """One object ready to upload (its key is assigned later, in volume order)."""
 
     offset: int
     length: int
     stored: bytes | memoryview
     compression: str
     md5: str
+
+
+def prepare_window(window: bytes, index: int, options: S3Options,
+                   parent_hashes: tuple[str, ...] | None
+                   ) -> tuple[list[str], list[PreparedObject]]:
+    """CPU work for window `index` (bytes [index * object_size, ...)): hash its blocks, find
+    the changed runs (all of it for a full backup), compress and md5 each."""
+    block = options.block_size
+    hashes = extents.block_hashes(window, block)
+    runs = extents.changed_runs(hashes, parent_hashes, index * (options.object_size // block),
+                                block, len(window))
+    view = memoryview(window)
+    base = index * options.object_size
+    prepared = []
+    for start, end in runs:
+        plain = view[start:end]
+        stored, recorded = codec.compress(plain, options.compression)
+        prepared.append(PreparedObject(base + start, end - start, stored, recorded,
+                                       codec.md5_hex(plain)))
+    return hashes, prepared
 
 
 def window_budget(options: S3Options) -> int:
@@ -216,7 +236,8 @@ class BackupSink:
     async def _process(self, index: int, window: bytes) -> None:
         try:
             hashes, prepared = await trio.to_thread.run_sync(
-                self._prepare, index, window, limiter=self._cpu)
+                prepare_window, window, index, self.plan.options, self.plan.parent_hashes,
+                limiter=self._cpu)
             del window
             await self._turn(index).wait()
             self._hashes[index] = hashes
@@ -245,24 +266,6 @@ class BackupSink:
             self._pending -= 1
             if self._pending == 0:
                 self._idle.set()
-
-    def _prepare(self, index: int, window: bytes) -> tuple[list[str], list[_Prepared]]:
-        """Worker thread: hash, find changed runs, compress and md5 them."""
-        options = self.plan.options
-        block = options.block_size
-        first_block = index * (options.object_size // block)
-        hashes = extents.block_hashes(window, block)
-        runs = extents.changed_runs(hashes, self.plan.parent_hashes, first_block, block,
-                                    len(window))
-        view = memoryview(window)
-        prepared = []
-        base = index * options.object_size
-        for start, end in runs:
-            plain = view[start:end]
-            stored, recorded = codec.compress(plain, options.compression)
-            prepared.append(_Prepared(base + start, end - start, stored, recorded,
-                                      codec.md5_hex(plain)))
-        return hashes, prepared
 
     async def commit(self) -> BackupRef:
         """Finish: last short window, wait for uploads, then the two documents, metadata last."""

@@ -4,7 +4,8 @@ Reads the source sequentially in object-size windows, hashes blocks, stores the 
 or the changed runs (incremental) as objects, then `_sha256file`, then `_metadata` last: a
 backup is visible only once complete. Holds one window in memory at a time.
 
-Blocking code. The streaming, parallel engine builds on the same format functions.
+Blocking code: the reference the streaming, parallel engine (`backup_engine`) is tested
+against, sharing its per-window work.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-from bakfs.cinder import codec, extents, naming
+from bakfs.backup_engine import prepare_window
+from bakfs.cinder import naming
 from bakfs.cinder.metadata import (
     BackupMetadata,
     ObjectEntry,
@@ -61,20 +63,14 @@ def write_backup(store: ObjectStore, source: BinaryIO, volume_id: str, options: 
     entries: list[ObjectEntry] = []
     hashes: list[str] = []
     offset = 0
-    while True:
-        window = source.read(options.object_size)
-        if not window:
-            break
-        window_hashes = extents.block_hashes(window, block)
-        runs = extents.changed_runs(window_hashes, parent_hashes, len(hashes), block,
-                                    len(window))
-        for start, end in runs:
-            plain = memoryview(window)[start:end]
-            stored, recorded = codec.compress(plain, options.compression)
+    while window := source.read(options.object_size):
+        window_hashes, prepared = prepare_window(window, offset // options.object_size,
+                                                 options, parent_hashes)
+        for item in prepared:
             key = naming.object_name(prefix, len(entries) + 1)
-            store.put(key, stored)
-            entries.append(ObjectEntry(key, offset + start, end - start, recorded,
-                                       codec.md5_hex(plain)))
+            store.put(key, item.stored)
+            entries.append(ObjectEntry(key, item.offset, item.length, item.compression,
+                                       item.md5))
         hashes += window_hashes
         offset += len(window)
         if progress is not None:
