@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 import trio
 
 from bakfs.cinder import codec, extents, naming
+from bakfs.cinder.extents import Digests
 from bakfs.cinder.metadata import (
     BackupMetadata,
     ObjectEntry,
@@ -57,7 +58,7 @@ class BackupPlan:
     backup_id: str
     options: S3Options
     parent: BackupRef | None = None
-    parent_hashes: tuple[str, ...] | None = None
+    parent_hashes: Digests | None = None
     parent_size: int | None = None  # an incremental must end at exactly this size
     name: str | None = None
     description: str | None = None
@@ -99,12 +100,12 @@ class PreparedObject:
 
 
 def prepare_window(window: bytes, index: int, options: S3Options,
-                   parent_hashes: tuple[str, ...] | None
-                   ) -> tuple[list[str], list[PreparedObject]]:
+                   parent_hashes: Digests | None
+                   ) -> tuple[Digests, list[PreparedObject]]:
     """CPU work for window `index` (bytes [index * object_size, ...)): hash its blocks, find
     the changed runs (all of it for a full backup), compress and md5 each."""
     block = options.block_size
-    hashes = extents.block_hashes(window, block)
+    hashes = extents.block_digests(window, block)
     runs = extents.changed_runs(hashes, parent_hashes, index * (options.object_size // block),
                                 block, len(window))
     view = memoryview(window)
@@ -146,7 +147,7 @@ class BackupSink:
         self._buffer = bytearray()
         self._window_count = 0
         self._turns: dict[int, trio.Event] = {}
-        self._hashes: dict[int, list[str]] = {}
+        self._hashes: dict[int, Digests] = {}
         self._entries: list[ObjectEntry] = []
         self._attempted: list[str] = []  # keys we may have written, for abort to remove
         self._pending = 0
@@ -285,10 +286,10 @@ class BackupSink:
                     f"the volume is {size} bytes but its parent {plan.parent.backup_id} is "
                     f"{plan.parent_size}: an incremental needs the same size; run a full "
                     "backup (--full)")
-            hashes = [h for i in range(self._window_count) for h in self._hashes[i]]
+            hashes = Digests.join(self._hashes.pop(i) for i in range(self._window_count))
             created = created_at_text(plan.started_at)
             sha_doc = Sha256File(plan.backup_id, plan.volume_id, created,
-                                 plan.options.block_size, tuple(hashes), plan.name,
+                                 plan.options.block_size, hashes, plan.name,
                                  plan.description)
             metadata = BackupMetadata(
                 backup_id=plan.backup_id, volume_id=plan.volume_id, created_at=created,

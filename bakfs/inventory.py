@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from bakfs.cinder import naming
+from bakfs.cinder.extents import Digests
 from bakfs.cinder.metadata import BackupMetadata, ObjectEntry
 from bakfs.discovery import (
     BackupRef,
@@ -164,7 +165,7 @@ def verify(store: ObjectStore, backup_id: str, deep: bool = False, threads: int 
 class _BlockChecker:
     """A write target that hashes the reassembled volume block by block and compares."""
 
-    def __init__(self, expected: tuple[str, ...], block_size: int) -> None:
+    def __init__(self, expected: Digests, block_size: int) -> None:
         self.expected = expected
         self.block_size = block_size
         self.buffer = bytearray()
@@ -179,7 +180,7 @@ class _BlockChecker:
         return len(data)
 
     def _check(self, block: bytes | bytearray) -> None:
-        digest = hashlib.sha256(block).hexdigest()
+        digest = hashlib.sha256(block).digest()
         if self.index >= len(self.expected) or self.expected[self.index] != digest:
             self.bad.append(self.index)
         self.index += 1

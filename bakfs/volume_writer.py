@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from bakfs.backup_engine import prepare_window
 from bakfs.cinder import naming
+from bakfs.cinder.extents import Digests
 from bakfs.cinder.metadata import (
     BackupMetadata,
     ObjectEntry,
@@ -44,7 +45,7 @@ def write_backup(store: ObjectStore, source: BinaryIO, volume_id: str, options: 
     backup_id = backup_id or str(uuid.uuid4())
     now = now or datetime.now(UTC)
     block = options.block_size
-    parent_hashes: tuple[str, ...] | None = None
+    parent_hashes: Digests | None = None
     parent_size = 0
     if parent is not None:
         if parent.volume_id != volume_id:
@@ -61,7 +62,7 @@ def write_backup(store: ObjectStore, source: BinaryIO, volume_id: str, options: 
     store.ensure_bucket()
     prefix = naming.make_prefix(volume_id, backup_id, now, options.availability_zone)
     entries: list[ObjectEntry] = []
-    hashes: list[str] = []
+    hashes: list[Digests] = []
     offset = 0
     while window := source.read(options.object_size):
         window_hashes, prepared = prepare_window(window, offset // options.object_size,
@@ -71,7 +72,7 @@ def write_backup(store: ObjectStore, source: BinaryIO, volume_id: str, options: 
             store.put(key, item.stored)
             entries.append(ObjectEntry(key, item.offset, item.length, item.compression,
                                        item.md5))
-        hashes += window_hashes
+        hashes.append(window_hashes)
         offset += len(window)
         if progress is not None:
             progress(offset)
@@ -81,7 +82,8 @@ def write_backup(store: ObjectStore, source: BinaryIO, volume_id: str, options: 
                          f"{parent_size}: an incremental needs the same size, do a full backup")
 
     created = created_at_text(now)
-    sha_doc = Sha256File(backup_id, volume_id, created, block, tuple(hashes), name, description)
+    sha_doc = Sha256File(backup_id, volume_id, created, block, Digests.join(hashes), name,
+                         description)
     store.put(naming.sha256file_name(prefix), sha_doc.to_json())
     metadata = BackupMetadata(
         backup_id=backup_id, volume_id=volume_id, created_at=created,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bakfs.cinder import codec
+from bakfs.cinder.extents import Digests
 from bakfs.errors import BadMetadata, UnsupportedCompression
 
 FORMAT_VERSION = "1.0.0"
@@ -89,22 +90,31 @@ class Sha256File:
     volume_id: str
     created_at: str
     chunk_size: int
-    sha256s: tuple[str, ...]
+    sha256s: Digests
     backup_name: str | None = None
     backup_description: str | None = None
     version: str = FORMAT_VERSION
 
     def to_json(self) -> bytes:
-        return _dump({
+        """As json.dumps(sort_keys=True, indent=2) would write it, without building a list of
+        millions of strings first: the hash list is spliced in as text."""
+        placeholder = "@SHA256S@"
+        head = _dump({
             "backup_description": self.backup_description,
             "backup_id": self.backup_id,
             "backup_name": self.backup_name,
             "chunk_size": self.chunk_size,
             "created_at": self.created_at,
-            "sha256s": list(self.sha256s),
+            "sha256s": placeholder,
             "version": self.version,
             "volume_id": self.volume_id,
         })
+        if len(self.sha256s):
+            items = ",\n    ".join(f'"{h}"' for h in self.sha256s.hex_items())
+            listing = f"[\n    {items}\n  ]"
+        else:
+            listing = "[]"
+        return head.replace(f'"{placeholder}"'.encode(), listing.encode(), 1)
 
 
 def _dump(doc: dict[str, Any]) -> bytes:
@@ -204,12 +214,16 @@ def parse_sha256file(raw: bytes, what: str = "_sha256file") -> Sha256File:
     hashes = _field(doc, "sha256s", list, what)
     if not all(isinstance(h, str) and len(h) == 64 for h in hashes):
         raise BadMetadata(f"{what}: sha256s holds something that is not a SHA-256 hex digest")
+    try:
+        Digests.from_hex(hashes[:1])
+    except ValueError:
+        raise BadMetadata(f"{what}: sha256s holds something that is not hexadecimal") from None
     return Sha256File(
         backup_id=_field(doc, "backup_id", str, what),
         volume_id=_field(doc, "volume_id", str, what),
         created_at=str(doc.get("created_at", "")),
         chunk_size=chunk_size,
-        sha256s=tuple(h.lower() for h in hashes),
+        sha256s=Digests.from_hex(hashes),
         backup_name=doc.get("backup_name"),
         backup_description=doc.get("backup_description"),
         version=doc["version"],

@@ -1,15 +1,23 @@
 import hashlib
 
+import pytest
+
 from bakfs.cinder import extents
 
 B = 32768
 C = 65536
 
 
-def test_block_hashes_hash_the_short_tail_unpadded() -> None:
+def test_block_digests_hash_the_short_tail_unpadded() -> None:
     data = b"x" * (B + 10)
-    assert extents.block_hashes(data, B) == [hashlib.sha256(b"x" * B).hexdigest(),
-                                             hashlib.sha256(b"x" * 10).hexdigest()]
+    digests = extents.block_digests(data, B)
+    assert list(digests) == [hashlib.sha256(b"x" * B).digest(),
+                             hashlib.sha256(b"x" * 10).digest()]
+    assert list(digests.hex_items()) == [d.hex() for d in digests]
+    assert extents.Digests.from_hex(digests.hex_items()) == digests
+    assert digests[-1] == digests[1] and len(digests[0:2]) == 2
+    with pytest.raises(IndexError):
+        digests[2]
 
 
 def test_full_backup_stores_whole_windows() -> None:
@@ -18,11 +26,11 @@ def test_full_backup_stores_whole_windows() -> None:
 
 
 def _runs_for_volume(old: bytes, new: bytes) -> list[tuple[int, int]]:
-    parent = extents.block_hashes(old, B)
+    parent = extents.block_digests(old, B)
     runs = []
     for start in range(0, len(new), C):
         window = new[start:start + C]
-        hashes = extents.block_hashes(window, B)
+        hashes = extents.block_digests(window, B)
         runs += [(start + a, start + b)
                  for a, b in extents.changed_runs(hashes, parent, start // B, B, len(window))]
     return runs

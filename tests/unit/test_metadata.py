@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from bakfs.cinder.extents import Digests
 from bakfs.cinder.metadata import (
     BackupMetadata,
     ObjectEntry,
@@ -72,12 +73,20 @@ def test_not_json_is_refused() -> None:
         parse_metadata(b"\x00garbage")
 
 
-def test_sha256file_round_trip_and_checks() -> None:
-    doc = Sha256File("b", "v", "2026-11-22 23:57:18+00:00", 32768, ("a" * 64, "b" * 64))
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_sha256file_round_trip_and_checks(count: int) -> None:
+    hexes = [f"{i:064x}" for i in range(count)]
+    doc = Sha256File("b", "v", "2026-11-22 23:57:18+00:00", 32768, Digests.from_hex(hexes),
+                     "n\u00e9", None)
     raw = doc.to_json()
+    # byte for byte what Cinder's json.dumps(sort_keys=True, indent=2) writes
+    assert raw == json.dumps(json.loads(raw), sort_keys=True, indent=2).encode()
+    assert json.loads(raw)["sha256s"] == hexes
     assert json.loads(raw)["chunk_size"] == 32768
     assert parse_sha256file(raw) == doc
     bad = json.loads(raw)
     bad["sha256s"].append("short")
+    if count == 0:
+        return
     with pytest.raises(BadMetadata, match="SHA-256"):
         parse_sha256file(json.dumps(bad).encode())
