@@ -33,7 +33,6 @@ from bakfs.store import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 4 << 20
 
 
 class SourceError(BakfsError):
@@ -119,6 +118,8 @@ async def stream_backup(store: ObjectStore, plan: BackupPlan, source: Source,
     await trio.to_thread.run_sync(lease.acquire)
     disk = trio.CapacityLimiter(1)
     offset = 0
+    # whole windows per read, so the engine takes them without copying
+    read_size = plan.options.object_size * max(1, (4 << 20) // plan.options.object_size)
 
     async def chunks() -> AsyncIterator[bytes]:
         nonlocal offset
@@ -126,7 +127,7 @@ async def stream_backup(store: ObjectStore, plan: BackupPlan, source: Source,
             try:
                 # abandoned on cancel: a read has no side effect, and a pipe or a hung
                 # device may never return
-                data = await trio.to_thread.run_sync(source.file.read, READ_SIZE,
+                data = await trio.to_thread.run_sync(source.file.read, read_size,
                                                      limiter=disk, abandon_on_cancel=True)
             except OSError as exc:
                 raise SourceError(f"reading {source.path} failed at byte {offset}: "

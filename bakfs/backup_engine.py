@@ -99,7 +99,7 @@ class PreparedObject:
     md5: str
 
 
-def prepare_window(window: bytes, index: int, options: S3Options,
+def prepare_window(window: bytes | memoryview, index: int, options: S3Options,
                    parent_hashes: Digests | None
                    ) -> tuple[Digests, list[PreparedObject]]:
     """CPU work for window `index` (bytes [index * object_size, ...)): hash its blocks, find
@@ -216,15 +216,26 @@ class BackupSink:
         if self._finished:
             raise BackupFailed("write after commit or abort")
         self._raise_if_failed()
-        self._buffer += data
         self.stats.bytes_read += len(data)
         size = self.plan.options.object_size
+        start = 0
+        if not self._buffer and isinstance(data, bytes):
+            # Zero-copy path: whole windows are taken as views of the caller's immutable
+            # bytes (a read of object_size bytes is exactly one window).
+            view = memoryview(data)
+            while len(view) - start >= size:
+                await self._schedule(view[start:start + size])
+                start += size
+            if start == len(view):
+                return
+            data = view[start:]
+        self._buffer += data
         while len(self._buffer) >= size:
-            window = bytes(self._buffer[:size])
+            window = bytes(memoryview(self._buffer)[:size])
             del self._buffer[:size]
             await self._schedule(window)
 
-    async def _schedule(self, window: bytes) -> None:
+    async def _schedule(self, window: bytes | memoryview) -> None:
         await self._tokens.acquire()
         self._raise_if_failed()
         index = self._window_count
@@ -234,7 +245,7 @@ class BackupSink:
         assert self._nursery is not None
         self._nursery.start_soon(self._process, index, window)
 
-    async def _process(self, index: int, window: bytes) -> None:
+    async def _process(self, index: int, window: bytes | memoryview) -> None:
         try:
             hashes, prepared = await trio.to_thread.run_sync(
                 prepare_window, window, index, self.plan.options, self.plan.parent_hashes,
