@@ -108,3 +108,33 @@ def test_bucket_is_created_only_when_allowed(rgw: S3Server, bucket_name: str) ->
     store.ensure_bucket()
     store.ensure_bucket()  # a second time is fine
     store._client.delete_bucket(Bucket=bucket_name)
+
+
+def test_a_body_that_breaks_off_while_streaming_is_fetched_again(s3_store: S3Store) -> None:
+    """Cinder's reader retries GETs whose body fails after the 200 (socket errors, incomplete
+    reads); botocore's own retries do not cover that."""
+    import botocore.exceptions
+
+    s3_store.put("flaky", b"the whole object")
+    breaks = [1]
+
+    class BreakingBody:
+        def __init__(self, body: Any) -> None:
+            self.body = body
+
+        def read(self) -> bytes:
+            if breaks:
+                breaks.pop()
+                raise botocore.exceptions.IncompleteReadError(actual_bytes=3,
+                                                              expected_bytes=16)
+            return self.body.read()  # type: ignore[no-any-return]
+
+    def wrap(parsed: dict[str, Any], **_: Any) -> None:
+        parsed["Body"] = BreakingBody(parsed["Body"])
+
+    s3_store._client.meta.events.register("after-call.s3.GetObject", wrap)
+    assert s3_store.get("flaky") == b"the whole object"
+    assert breaks == []
+    breaks.extend([1] * 5)  # more breaks than attempts: the error says what happened
+    with pytest.raises(StoreUnreachable, match="flaky"):
+        s3_store.get("flaky")
