@@ -17,6 +17,7 @@ Blocking calls (store, hashing, compression) run in worker threads with explicit
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -105,18 +106,49 @@ def prepare_window(window: bytes | memoryview, index: int, options: S3Options,
     """CPU work for window `index` (bytes [index * object_size, ...)): hash its blocks, find
     the changed runs (all of it for a full backup), compress and md5 each."""
     block = options.block_size
-    hashes = extents.block_digests(window, block)
+    zero = _is_zero(window)
+    hashes = (_zero_digests(len(window), block) if zero
+              else extents.block_digests(window, block))
     runs = extents.changed_runs(hashes, parent_hashes, index * (options.object_size // block),
                                 block, len(window))
     view = memoryview(window)
     base = index * options.object_size
     prepared = []
     for start, end in runs:
-        plain = view[start:end]
-        stored, recorded = codec.compress(plain, options.compression)
-        prepared.append(PreparedObject(base + start, end - start, stored, recorded,
-                                       codec.md5_hex(plain)))
+        if zero:
+            stored, recorded, md5 = _zero_object(end - start, options.compression)
+        else:
+            plain = view[start:end]
+            stored, recorded = codec.compress(plain, options.compression)
+            md5 = codec.md5_hex(plain)
+        prepared.append(PreparedObject(base + start, end - start, stored, recorded, md5))
     return hashes, prepared
+
+
+# Unused regions of a volume are zeros, often a third of it: their hashes, md5 and compressed
+# form depend only on their length, so they are computed once.
+@functools.lru_cache(maxsize=4)
+def _zeros(length: int) -> bytes:
+    return bytes(length)
+
+
+def _is_zero(window: bytes | memoryview) -> bool:
+    if bytes(window[:64]) != _zeros(64)[:len(window[:64])]:
+        return False
+    raw = window if isinstance(window, bytes) else window.tobytes()
+    return raw == _zeros(len(raw))
+
+
+@functools.lru_cache(maxsize=8)
+def _zero_digests(length: int, block: int) -> Digests:
+    return extents.block_digests(_zeros(length), block)
+
+
+@functools.lru_cache(maxsize=16)
+def _zero_object(length: int, algorithm: str) -> tuple[bytes | memoryview, str, str]:
+    zeros = _zeros(length)
+    stored, recorded = codec.compress(zeros, algorithm)
+    return stored, recorded, codec.md5_hex(zeros)
 
 
 def window_budget(options: S3Options) -> int:

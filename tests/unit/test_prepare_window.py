@@ -1,0 +1,36 @@
+"""The backup engine's per-window work, including its shortcut for all-zero windows."""
+
+import dataclasses
+
+import pytest
+
+from bakfs.backup_engine import prepare_window
+from bakfs.cinder import codec, extents
+from bakfs.config import S3Options
+
+B = 4096
+OPTIONS = S3Options(block_size=B, object_size=8 * B)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "zlib", "bz2", "none"])
+@pytest.mark.parametrize("length", [8 * B, 3 * B + 17])
+def test_zero_windows_give_what_the_general_path_gives(compression: str, length: int) -> None:
+    options = dataclasses.replace(OPTIONS, compression=compression)
+    zeros = bytes(length)
+    parent = extents.block_digests(b"\x01" * B + bytes(B) + b"\x02" * (length - 2 * B), B)
+    for parent_hashes in (None, parent):
+        hashes, prepared = prepare_window(memoryview(zeros), 1, options, parent_hashes)
+        assert hashes == extents.block_digests(zeros, B)
+        runs = extents.changed_runs(hashes, parent_hashes, 8, B, length)
+        assert [(p.offset - 8 * B, p.offset - 8 * B + p.length) for p in prepared] == runs
+        for p in prepared:
+            plain = codec.decompress(p.stored, p.compression)
+            assert plain == bytes(p.length) and p.md5 == codec.md5_hex(plain)
+
+
+def test_a_window_with_one_late_nonzero_byte_is_not_taken_for_zeros() -> None:
+    window = bytearray(8 * B)
+    window[-1] = 1
+    hashes, prepared = prepare_window(bytes(window), 0, OPTIONS, None)
+    assert hashes == extents.block_digests(bytes(window), B)
+    assert codec.decompress(prepared[0].stored, prepared[0].compression) == window
