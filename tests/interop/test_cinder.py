@@ -19,7 +19,7 @@ import pytest
 
 from bakfs.cinder.record import backup_record, backup_url
 from bakfs.discovery import find_backup, find_backups, load_chain, load_metadata
-from bakfs.inventory import verify
+from bakfs.inventory import survey, verify
 from bakfs.store.s3 import S3Store
 from bakfs.volume_reader import restore
 from tests.conftest import S3Server
@@ -87,6 +87,11 @@ def test_bakfs_reads_a_cinder_chain(cinder: Harness, rgw: S3Server, bucket_name:
         assert out.getvalue() == version
         # Cinder's sha256file agrees with bakfs's hashing of every block
         assert verify(store, info["backup_id"], deep=True, report=lambda _: None) == []
+    listed = survey(store, volume_id)  # what `bakfs ls` shows
+    assert [(b.ref.backup_id, b.kind, b.size) for b in listed] == [
+        (m["backup_id"], "incremental" if n else "full", SIZE) for n, m in enumerate(made)]
+    assert [b.metadata.backup_name for b in listed if b.metadata] == [
+        f"level {n}" for n in range(4)]
     recorded = {o.compression for r in find_backups(store, volume_id)
                 for o in load_metadata(store, r).objects}
     assert recorded <= {compression, "none"}
