@@ -28,13 +28,7 @@ import trio
 
 from bakfs.cinder import codec, extents, naming
 from bakfs.cinder.extents import Digests
-from bakfs.cinder.metadata import (
-    BackupMetadata,
-    ObjectEntry,
-    Sha256File,
-    created_at_text,
-    minimal_volume_meta,
-)
+from bakfs.cinder.metadata import ObjectEntry, backup_documents
 from bakfs.config import MiB, S3Options
 from bakfs.discovery import BackupRef
 from bakfs.errors import BakfsError
@@ -330,16 +324,10 @@ class BackupSink:
                     f"{plan.parent_size}: an incremental needs the same size; run a full "
                     "backup (--full)")
             hashes = Digests.join(self._hashes.pop(i) for i in range(self._window_count))
-            created = created_at_text(plan.started_at)
-            sha_doc = Sha256File(plan.backup_id, plan.volume_id, created,
-                                 plan.options.block_size, hashes, plan.name,
-                                 plan.description)
-            metadata = BackupMetadata(
-                backup_id=plan.backup_id, volume_id=plan.volume_id, created_at=created,
-                parent_id=plan.parent.backup_id if plan.parent else None,
-                objects=tuple(self._entries), backup_name=plan.name,
-                backup_description=plan.description,
-                volume_meta=minimal_volume_meta(plan.name, plan.description))
+            sha_doc, metadata = backup_documents(
+                plan.backup_id, plan.volume_id, plan.started_at,
+                plan.parent.backup_id if plan.parent else None, self._entries,
+                plan.options.block_size, hashes, plan.name, plan.description)
             await trio.to_thread.run_sync(self.store.put, naming.sha256file_name(self.prefix),
                                           sha_doc.to_json(), limiter=self._s3)
             self._raise_if_failed()  # e.g. the lease was lost meanwhile

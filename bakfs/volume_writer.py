@@ -19,13 +19,7 @@ from typing import BinaryIO
 from bakfs.backup_engine import prepare_window
 from bakfs.cinder import naming
 from bakfs.cinder.extents import Digests
-from bakfs.cinder.metadata import (
-    BackupMetadata,
-    ObjectEntry,
-    Sha256File,
-    created_at_text,
-    minimal_volume_meta,
-)
+from bakfs.cinder.metadata import ObjectEntry, backup_documents
 from bakfs.config import S3Options
 from bakfs.discovery import BackupRef, load_chain, load_sha256file
 from bakfs.errors import BakfsError
@@ -81,15 +75,10 @@ def write_backup(store: ObjectStore, source: BinaryIO, volume_id: str, options: 
         raise BakfsError(f"the source is {offset} bytes but parent {parent.backup_id} is "
                          f"{parent_size}: an incremental needs the same size, do a full backup")
 
-    created = created_at_text(now)
-    sha_doc = Sha256File(backup_id, volume_id, created, block, Digests.join(hashes), name,
-                         description)
+    sha_doc, metadata = backup_documents(
+        backup_id, volume_id, now, parent.backup_id if parent else None, entries, block,
+        Digests.join(hashes), name, description)
     store.put(naming.sha256file_name(prefix), sha_doc.to_json())
-    metadata = BackupMetadata(
-        backup_id=backup_id, volume_id=volume_id, created_at=created,
-        parent_id=parent.backup_id if parent else None, objects=tuple(entries),
-        backup_name=name, backup_description=description,
-        volume_meta=minimal_volume_meta(name, description))
     store.put(naming.metadata_name(prefix), metadata.to_json())
     log.debug("backup %s of volume %s complete: %d bytes, %d objects", backup_id, volume_id,
              offset, len(entries))

@@ -132,6 +132,20 @@ def minimal_volume_meta(name: str | None, description: str | None) -> str:
     return json.dumps({"version": 2, "volume-base-metadata": base})
 
 
+def backup_documents(backup_id: str, volume_id: str, started_at: datetime,
+                     parent_id: str | None, objects: Sequence[ObjectEntry], block_size: int,
+                     hashes: Digests, name: str | None, description: str | None
+                     ) -> tuple[Sha256File, BackupMetadata]:
+    """The `_sha256file` and `_metadata` of a new backup, as a writer commits them."""
+    created = created_at_text(started_at)
+    sha_doc = Sha256File(backup_id, volume_id, created, block_size, hashes, name, description)
+    metadata = BackupMetadata(
+        backup_id=backup_id, volume_id=volume_id, created_at=created, parent_id=parent_id,
+        objects=tuple(objects), backup_name=name, backup_description=description,
+        volume_meta=minimal_volume_meta(name, description))
+    return sha_doc, metadata
+
+
 def _load(raw: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
