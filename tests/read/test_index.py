@@ -1,0 +1,239 @@
+"""The LMDB chunk index: incremental refresh, rebuild, a corrupt or foreign index rebuilt,
+holes and all-zero objects never fetched, lookups in a 1 TiB map, the CLI commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from bakfs import cli
+from bakfs.blocking import Bridge, Limiters
+from bakfs.catalog import open_index, refresh
+from bakfs.config import Config
+from bakfs.index import (
+    KIND_DATA,
+    KIND_HOLE,
+    KIND_ZERO,
+    SCHEMA_VERSION,
+    ZERO_DIGESTS,
+    BackupRecord,
+    Index,
+    ObjectRef,
+)
+from bakfs.reader import open_engine
+from bakfs.store.s3 import S3Store
+from tests.conftest import S3Server
+from tests.read.conftest import CountingStore, make_versions, write_chain
+
+SIZE = 12 * 64 * 1024 + 5000
+
+
+def _refresh(config: Config, store: S3Store):  # type: ignore[no-untyped-def]
+    async def main():  # type: ignore[no-untyped-def]
+        bridge = Bridge(Limiters.create())
+        index = await open_index(config.index.path, bridge)
+        try:
+            return await refresh(store, index, bridge)
+        finally:
+            index.close()
+    return trio.run(main)
+
+
+def test_refresh_is_incremental_and_drops_deleted(
+        s3_store: S3Store, engine_config: Callable[..., Config]) -> None:
+    config = engine_config()
+    a = write_chain(s3_store, make_versions(SIZE, 3, seed=1), "vol-a")
+    first = _refresh(config, s3_store)
+    assert sorted(first.added) == sorted(a.ids)
+    assert first.rebuilt == "it did not exist"
+    assert (first.backups, first.volumes) == (3, 1)
+
+    b = write_chain(s3_store, make_versions(SIZE, 1, seed=2), "vol-b")
+    second = _refresh(config, s3_store)
+    assert second.added == b.ids  # only the new backup was read
+    assert second.removed == [] and second.rebuilt is None
+    assert (second.backups, second.volumes) == (4, 2)
+
+    # deleting the middle backup of vol-a drops it and the incremental standing on it
+    for info in list(s3_store.list(str(a.refs[1].prefix))):
+        s3_store.delete(info.key)
+    third = _refresh(config, s3_store)
+    assert third.removed == [a.ids[1]]
+    assert third.added == []
+    assert third.broken == {a.ids[2]: third.broken[a.ids[2]]}
+    assert "not in the store" in third.broken[a.ids[2]]
+    index = Index.open(config.index.path)
+    try:
+        assert {r.backup_id for r in index.list_backups("vol-a")} == {a.ids[0], a.ids[2]}
+        assert index.get_backup(a.ids[2]).status == "broken"  # type: ignore[union-attr]
+        assert index.get_backup(a.ids[1]) is None
+        assert index.list_volumes() == ["vol-a", "vol-b"]
+    finally:
+        index.close()
+
+
+def test_corrupt_or_foreign_index_is_rebuilt(
+        s3_store: S3Store, engine_config: Callable[..., Config]) -> None:
+    config = engine_config()
+    chain = write_chain(s3_store, make_versions(SIZE, 2, seed=3), "vol-c")
+    _refresh(config, s3_store)
+    data = Path(config.index.path) / "data.mdb"
+    data.write_bytes(b"this is not an LMDB file" * 1000)
+
+    async def read_all() -> tuple[str | None, bytes]:
+        async with open_engine(config, s3_store) as engine:
+            return engine.index.rebuilt, await engine.read(chain.ids[1], 0, SIZE)
+
+    reason, got = trio.run(read_all)
+    assert reason is not None and "LMDB" in reason
+    assert got == chain.images[1]
+
+    # an index of another schema version is not trusted either
+    index = Index.open(config.index.path)
+    with index.env.begin(write=True) as txn:
+        txn.put(b"schema", b"bakfs-index-0", db=index.env.open_db(b"meta", txn=txn))
+    index.close()
+    reason, got = trio.run(read_all)
+    assert reason is not None and SCHEMA_VERSION.decode() in reason
+    assert got == chain.images[1]
+
+
+def test_rebuild_from_nothing_via_cli(rgw: S3Server, s3_store: S3Store, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    chain = write_chain(s3_store, make_versions(SIZE, 2, seed=4), "vol-cli")
+    for name, value in rgw.env(s3_store.bucket).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BAKFS_INDEX_PATH", str(tmp_path / "cli-index"))
+    monkeypatch.setenv("BAKFS_CACHE_PATH", str(tmp_path / "cli-cache"))
+    assert cli.main(["index", "refresh", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert sorted(doc["added"]) == sorted(chain.ids) and doc["backups"] == 2
+    assert cli.main(["index", "refresh", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["added"] == []
+    assert cli.main(["index", "rebuild", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert sorted(doc["added"]) == sorted(chain.ids)
+    assert doc["rebuilt"] == "a rebuild was asked for"
+    assert cli.main(["index", "refresh"]) == 0
+    assert "2 backups of 1 volumes" in capsys.readouterr().out
+
+    target = tmp_path / "restored.img"
+    assert cli.main(["restore", chain.ids[1], str(target), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert target.read_bytes() == chain.images[1]
+    assert out["bytes"] == SIZE and out["objects_fetched"] > 0
+    assert cli.main(["restore", "no-such-backup", str(tmp_path / "x")]) == 1
+    assert "no complete backup no-such-backup" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_zero_objects_and_holes_are_never_fetched(
+        s3_store: S3Store, counting: CountingStore,
+        engine_config: Callable[..., Config]) -> None:
+    versions = make_versions(SIZE, 2, seed=5)
+    chain = write_chain(s3_store, versions, "vol-z")
+    config = engine_config()
+
+    async def main() -> None:
+        async with open_engine(config, counting) as engine:
+            _record, spans = engine.index.lookup(chain.ids[1], 0, SIZE)
+            kinds = {s.kind for s in spans}
+            assert KIND_ZERO in kinds and KIND_DATA in kinds
+            for span in spans:
+                if span.kind != KIND_DATA:
+                    assert await engine.read(chain.ids[1], span.offset, span.length) == \
+                        bytes(span.length)
+            assert counting.data_gets() == {}
+            assert await engine.read(chain.ids[1], 0, SIZE) == versions[1]
+
+    trio.run(main)
+
+
+def test_zero_digests() -> None:
+    import hashlib
+
+    for n in (0, 1, 4095, 4096, 4097, 65536, 100_000, 5000, 12):
+        assert ZERO_DIGESTS.of(n) == hashlib.md5(bytes(n)).hexdigest()
+    assert ZERO_DIGESTS.is_zero(65536, hashlib.md5(bytes(65536)).hexdigest().upper())
+    assert not ZERO_DIGESTS.is_zero(65536, hashlib.md5(b"x").hexdigest())
+
+
+def test_lookup_in_a_one_tib_map(tmp_path: Path) -> None:
+    """A 1 TiB volume of 262 144 objects of 4 MiB: a 4 KiB read resolves to one span by a
+    B-tree seek (the map is never loaded whole)."""
+    obj = 4 << 20
+    count = (1 << 40) // obj
+    index = Index.open(tmp_path / "big")
+    try:
+        record = BackupRecord(backup_id="big", volume_id="v", prefix="p", timestamp="1",
+                              parent_id=None, created_at="", name=None, description=None,
+                              size=1 << 40, chain=("big",), fingerprint="f")
+        seq = index.begin_backup(record)
+        batch = 20_000
+        for start in range(0, count, batch):
+            n = min(batch, count - start)
+            index.add_objects(seq, start, [ObjectRef(f"obj-{i:06d}", i * obj, obj, "zstd",
+                                                     f"{i:032x}") for i in range(start,
+                                                                                start + n)])
+            index.add_extents(seq, [(i * obj, obj, KIND_HOLE if i % 7 == 0 else KIND_DATA,
+                                     seq, i, 0) for i in range(start, start + n)])
+        import dataclasses
+        index.finish_backup(dataclasses.replace(record, seq=seq, status="ok"))
+        _record, spans = index.lookup("big", (1 << 40) - 3 * obj + 12345, 4096)
+        assert len(spans) == 1
+        assert spans[0].obj is not None and spans[0].obj.name == f"obj-{count - 3:06d}"
+        _record, spans = index.lookup("big", 7 * obj + obj - 10, 20)
+        assert [s.kind for s in spans] == [KIND_HOLE, KIND_DATA]
+        _record, spans = index.lookup("big", 0, 1, more=5)
+        assert len(spans) == 6
+        assert index.drop_backup("big")
+        assert index.stats() == {"backups": 0, "objects": 0, "extents": 0}
+    finally:
+        index.close()
+
+
+def test_impossible_row_found_while_reading_triggers_a_rebuild(
+        s3_store: S3Store, engine_config: Callable[..., Config]) -> None:
+    chain = write_chain(s3_store, make_versions(SIZE, 2, seed=6), "vol-bad-row")
+    config = engine_config()
+
+    async def main() -> None:
+        async with open_engine(config, s3_store, refresh=True) as engine:
+            record = engine.index.get_backup(chain.ids[1])
+            assert record is not None
+            # damage every extent row of the backup (a bad kind byte)
+            with engine.index.env.begin(write=True) as txn:
+                db = engine.index.env.open_db(b"extents", txn=txn)
+                cursor = txn.cursor(db=db)
+                for key, value in list(cursor):
+                    if key[:4] == record.seq.to_bytes(4, "big"):
+                        txn.put(key, value[:8] + b"\x09" + value[9:], db=db)
+            assert await engine.read(chain.ids[1], 0, SIZE) == chain.images[1]
+            assert engine.index.rebuilt == "it held an impossible row"
+
+    trio.run(main)
+
+
+def test_rewritten_metadata_is_reindexed(s3_store: S3Store,
+                                         engine_config: Callable[..., Config]) -> None:
+    config = engine_config()
+    chain = write_chain(s3_store, make_versions(SIZE, 2, seed=7), "vol-rw")
+    _refresh(config, s3_store)
+    key = chain.refs[0].metadata_key
+    doc = json.loads(s3_store.get(key))
+    doc["backup_name"] = "renamed"
+    s3_store.put(key, json.dumps(doc, sort_keys=True, indent=2).encode())
+    result = _refresh(config, s3_store)
+    # the full backup changed, and so the incremental standing on it is re-resolved too
+    assert sorted(result.added) == sorted(chain.ids)
+    assert result.removed == []
+    index = Index.open(config.index.path)
+    try:
+        assert index.get_backup(chain.ids[0]).name == "renamed"  # type: ignore[union-attr]
+    finally:
+        index.close()
