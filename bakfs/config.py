@@ -161,6 +161,11 @@ class TsmOptions:
         why="Cinder defaults to the literal 'password'; bakfs never invents one")
     compression: bool = _opt(True, "ask dsmc to compress", "backup_tsm_compression")
     dsmc_path: str = _opt("dsmc", "the dsmc binary (a name on PATH or a path)")
+    timeout: float = _opt(0.0, "seconds one dsmc run may take before it is stopped; 0: no limit")
+    staging_path: str = _opt(str(Path(platformdirs.user_cache_dir("bakfs")) / "tsm-staging"),
+                             "directory where TSM backups are restored to be read")
+    staging_max_size: int = _opt(16 * GiB, "upper bound of the staging area; finished stagings "
+                                           "not in use are evicted, oldest first", size=True)
 
 
 @dataclasses.dataclass(frozen=True)
