@@ -170,7 +170,8 @@ class BackupSink:
         self._cpu = cpu_limiter
         self._s3 = s3_limiter
         self._tokens = trio.Semaphore(window_budget(plan.options))
-        self._buffer = bytearray()
+        self._pieces: list[bytes] = []  # bytes written but not yet a whole window
+        self._pending_bytes = 0
         self._window_count = 0
         self._turns: dict[int, trio.Event] = {}
         self._hashes: dict[int, Digests] = {}
@@ -245,7 +246,7 @@ class BackupSink:
         self.stats.bytes_read += len(data)
         size = self.plan.options.object_size
         start = 0
-        if not self._buffer and isinstance(data, bytes):
+        if not self._pending_bytes and isinstance(data, bytes):
             # Zero-copy path: whole windows are taken as views of the caller's immutable
             # bytes (a read of object_size bytes is exactly one window).
             view = memoryview(data)
@@ -255,10 +256,14 @@ class BackupSink:
             if start == len(view):
                 return
             data = view[start:]
-        self._buffer += data
-        while len(self._buffer) >= size:
-            window = bytes(memoryview(self._buffer)[:size])
-            del self._buffer[:size]
+        # Pieces are kept as they came and joined once per window: one copy of each byte.
+        self._pieces.append(bytes(data) if not isinstance(data, bytes) else data)
+        self._pending_bytes += len(data)
+        while self._pending_bytes >= size:
+            joined = memoryview(b"".join(self._pieces))
+            window, rest = joined[:size], bytes(joined[size:])
+            self._pieces = [rest] if rest else []
+            self._pending_bytes = len(rest)
             await self._schedule(window)
 
     async def _schedule(self, window: bytes | memoryview) -> None:
@@ -310,8 +315,9 @@ class BackupSink:
         if self._finished:
             raise BackupFailed("commit after commit or abort")
         try:
-            if self._buffer:
-                window, self._buffer = bytes(self._buffer), bytearray()
+            if self._pending_bytes:
+                window = b"".join(self._pieces)
+                self._pieces, self._pending_bytes = [], 0
                 await self._schedule(window)
             await self._idle.wait()
             self._raise_if_failed()

@@ -50,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "if allowed)")
 
     demo = commands.add_parser(
-        "demo", help="back up a generated image and restore it, checking every byte",
-        description="Generate a VM-like image, back it up (full), change 2%% of it, back it "
-                    "up again (incremental), restore both and compare sha256. Uses the "
+        "demo", help="the whole story on a generated image, checking every byte",
+        description="Generate a VM-like image, mount the store, back the image up with dd "
+                    "into incoming/, change 2%% of it, back it up again (an incremental), ls -l "
+                    "the mount, restore both backups with dd and compare sha256. Uses the "
                     "configured store: the embedded local store when nothing is configured.")
     demo.add_argument("--size", default="64MiB", help="image size (default 64MiB)")
     demo.add_argument("--keep", action="store_true",
@@ -128,6 +129,66 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("index_action", choices=["refresh", "rebuild"], metavar="ACTION",
                        help="refresh or rebuild")
     index.add_argument("--json", action="store_true", help="machine-readable output")
+
+    mount = commands.add_parser(
+        "mount", help="show every backup as a read-only sparse file; back up by writing",
+        description="Mount the backup store at MOUNTPOINT: one directory per volume, one "
+                    "read-only file per complete backup (restore with dd), `latest` per "
+                    "volume, `.status` and `.metrics` at the root, and `incoming/`: writing "
+                    "`incoming/<volume id>` makes a backup of that volume, visible when the "
+                    "writer closes the file. Returns once the mount is ready unless "
+                    "--foreground.")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    mount.add_argument("--foreground", "-f", action="store_true",
+                       help="stay in the foreground, logging to stderr")
+    mount.add_argument("-o", dest="fuse_options", action="append", default=[],
+                       metavar="OPTION", help="FUSE mount option (e.g. allow_other); repeatable "
+                                             "or comma-separated")
+    mount.add_argument("--log", metavar="FILE",
+                       help="log file of the background daemon (default: under "
+                            "~/.local/state/bakfs/log)")
+
+    umount = commands.add_parser(
+        "umount", help="unmount, waiting for the daemon to finish",
+        description="Unmount MOUNTPOINT and wait for its daemon to exit. Refused while a "
+                    "backup is being written into incoming/, unless --force (which abandons "
+                    "it: nothing is committed).")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount.add_argument("--force", action="store_true",
+                        help="unmount even while backups are being written (they are abandoned)")
+
+    tsm = commands.add_parser(
+        "tsm", help="backups kept in IBM Spectrum Protect (TSM) through dsmc",
+        description="Back up to, list, restore and delete backups kept in IBM Spectrum "
+                    "Protect. bakfs runs the dsmc client (tsm.dsmc_path) with the password "
+                    "in a 0600 options file, never on its command line; each backup's record "
+                    "(mode, path, exact size, sha256) is kept in the object store.")
+    tsm_commands = tsm.add_subparsers(dest="tsm_command", metavar="ACTION", required=True)
+    tsm_backup = tsm_commands.add_parser(
+        "backup", help="back up a block device (image mode) or a file (file mode)")
+    tsm_backup.add_argument("source", metavar="SOURCE")
+    tsm_backup.add_argument("--volume", required=True, metavar="VOLUME_ID")
+    tsm_backup.add_argument("--name")
+    tsm_backup.add_argument("--description")
+    tsm_backup.add_argument("--json", action="store_true", help="print a JSON summary")
+    tsm_ls = tsm_commands.add_parser("ls", help="list TSM backups")
+    tsm_ls.add_argument("volume", nargs="?", metavar="VOLUME")
+    tsm_ls.add_argument("--json", action="store_true")
+    tsm_restore = tsm_commands.add_parser(
+        "restore", help="restore a TSM backup to a file or block device (checked by sha256)")
+    tsm_restore.add_argument("backup_id", metavar="BACKUP")
+    tsm_restore.add_argument("target", metavar="TARGET")
+    tsm_delete = tsm_commands.add_parser(
+        "delete", help="delete a TSM backup and its record")
+    tsm_delete.add_argument("backup_id", metavar="BACKUP")
+
+    stage = commands.add_parser(
+        "stage", help="restore a TSM backup into the staging area ahead of reading it",
+        description="Start (and wait for) the staging of a TSM-held backup: a dsmc restore "
+                    "into tsm.staging_path, checked by sha256, so later reads are served "
+                    "from local disk.")
+    stage.add_argument("backup_id", metavar="BACKUP")
+    stage.add_argument("--json", action="store_true", help="print a JSON summary")
 
     export = commands.add_parser(
         "export-record", help="print the Cinder backup-import record of a backup",

@@ -36,6 +36,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return delete_backup(config, args.backup_id)
     if args.command == "gc":
         return collect_garbage(config, args.volume, delete=args.delete, as_json=args.json)
+    if args.command == "mount":
+        from bakfs.mount import run_mount
+
+        options = [o for group in args.fuse_options for o in group.split(",") if o]
+        return run_mount(config, args.mountpoint, foreground=args.foreground,
+                         fuse_options=options, log_file=args.log)
+    if args.command == "umount":
+        from bakfs.mount import run_umount
+
+        return run_umount(args.mountpoint, force=args.force)
     if args.command == "restore":
         from bakfs.restore import run_restore
 
@@ -44,6 +54,21 @@ def run(args: argparse.Namespace, config: Config) -> int:
         from bakfs.catalog import run_index_command
 
         return run_index_command(config, args.index_action, as_json=args.json)
+    if args.command == "tsm":
+        from bakfs.tsm import commands as tsm
+
+        if args.tsm_command == "backup":
+            return tsm.run_tsm_backup(config, args.source, args.volume, name=args.name,
+                                      description=args.description, as_json=args.json)
+        if args.tsm_command == "ls":
+            return tsm.run_tsm_ls(config, args.volume, args.json)
+        if args.tsm_command == "restore":
+            return tsm.run_tsm_restore(config, args.backup_id, args.target)
+        return tsm.run_tsm_delete(config, args.backup_id)
+    if args.command == "stage":
+        from bakfs.tsm.commands import run_stage
+
+        return run_stage(config, args.backup_id, as_json=args.json)
     if args.command == "export-record":
         return export_record(config, args.backup_id, as_json=args.json)
     raise AssertionError(f"unknown command {args.command}")
@@ -127,16 +152,25 @@ def list_backups(config: Config, volume_id: str | None, show_all: bool, as_json:
     from bakfs.inventory import survey
     from bakfs.progress import human_bytes
     from bakfs.store import open_store
+    from bakfs.tsm.catalog import list_records
 
     store = open_store(config)
     try:
         backups = [b for b in survey(store, volume_id) if show_all or b.complete]
+        tsm = list_records(store, volume_id)  # backups kept in TSM, listed beside S3 ones
     finally:
         store.close()
     if as_json:
-        print(json.dumps([b.as_dict() for b in backups], indent=2))
+        print(json.dumps([b.as_dict() for b in backups] + [
+            {"backup_id": r.backup_id, "volume_id": r.volume_id, "kind": f"tsm-{r.mode}",
+             "complete": True, "size": r.size, "created": r.created_at.isoformat(),
+             "name": r.name} for r in tsm], indent=2))
         return 0
-    if not backups:
+    for record in tsm:
+        print(f"volume {record.volume_id} (TSM): {record.backup_id}  "
+              f"{record.created_at:%Y-%m-%d %H:%M:%S}  {record.mode} mode  "
+              f"{human_bytes(record.size)}")
+    if not backups and not tsm:
         print(f"no backups in {store.description}" + (f" for volume {volume_id}"
                                                       if volume_id else ""))
         return 0

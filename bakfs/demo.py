@@ -1,26 +1,29 @@
-"""`bakfs demo`: the whole story on a generated image, checked byte for byte.
+"""`bakfs demo`: the whole story on a generated image, checked byte for byte, with the tools
+an operator uses: mount the store, back up by `dd` into `incoming/`, change the image, back up
+again (an incremental), `ls -l` the mount, restore both backups with `dd`, compare sha256.
 
-Generate a VM-like image, back it up in full, change 2 % of it, back it up incrementally,
-restore both from the store and compare their sha256 with the images'. Works on a fresh
-machine with no configuration (the embedded local store) and on any configured S3 store.
+Works on a fresh machine with no configuration (the embedded local store) and on any
+configured S3 store. Needs FUSE (/dev/fuse and fusermount3).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from bakfs import sample_image
-from bakfs.cinder import naming
 from bakfs.config import Config
-from bakfs.discovery import BackupRef, backup_objects, load_metadata
+from bakfs.discovery import find_backups, load_metadata
+from bakfs.errors import BakfsError
+from bakfs.inventory import delete
 from bakfs.store import ObjectStore, open_store
-from bakfs.volume_reader import restore
-from bakfs.volume_writer import write_backup
 
 
 def _sha256(path: Path) -> str:
@@ -31,25 +34,32 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stored_bytes(store: ObjectStore, ref: BackupRef) -> tuple[int, int]:
-    """(data objects, their stored bytes) of one backup."""
-    sizes = [info.size for info in backup_objects(store, ref)
-             if (parsed := naming.parse_key(info.key)) and parsed.number is not None]
-    return len(sizes), sum(sizes)
-
-
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BakfsError(f"{' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+def _bakfs(*args: str) -> subprocess.CompletedProcess[str]:
+    return _run(sys.executable, "-m", "bakfs", *args)
+
+
 def run_demo(config: Config, size: int, keep: bool = False, workdir: str | None = None) -> int:
     store = open_store(config)
+    store.ensure_bucket()
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="bakfs-demo-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    volume_id = f"demo-{uuid.uuid4()}"
-    refs: list[BackupRef] = []
+    mountpoint = tmp / "mnt"
+    mountpoint.mkdir(exist_ok=True)
+    volume_id = f"demo-{uuid.uuid4().hex[:8]}"
     print(f"bakfs demo: store = {store.description}")
     print(f"            volume = {volume_id}, work dir = {tmp}")
+    mounted = False
     try:
         day1, day2 = tmp / "day1.img", tmp / "day2.img"
         sample_image.generate(day1, size, seed=1)
@@ -59,39 +69,53 @@ def run_demo(config: Config, size: int, keep: bool = False, workdir: str | None 
         print(f"1. generated {day1.name} ({_mib(size)}: zeros, text, random) and {day2.name} "
               f"(the same with {_mib(changed)} rewritten)")
 
-        parent: BackupRef | None = None
-        for number, image in enumerate((day1, day2), start=2):
-            started = time.monotonic()
-            with open(image, "rb") as source:
-                ref = write_backup(store, source, volume_id, config.s3, parent=parent,
-                                   name=image.stem, description="bakfs demo")
-            refs.append(ref)
-            seconds = time.monotonic() - started
-            count, stored = _stored_bytes(store, ref)
-            kind = "incremental" if parent else "full"
-            print(f"{number}. {kind} backup {ref.backup_id} of {image.name}: {count} objects, "
-                  f"{_mib(stored)} stored, {seconds:.1f} s")
-            parent = ref
+        started = time.monotonic()
+        _bakfs("mount", str(mountpoint), "--log", str(tmp / "mount.log"))
+        mounted = True
+        print(f"2. bakfs mount {mountpoint} ({time.monotonic() - started:.1f} s)")
 
-        ok = True
-        for number, (ref, image) in enumerate(zip(refs, (day1, day2), strict=True), start=4):
+        for number, image in enumerate((day1, day2), start=3):
+            started = time.monotonic()
+            _run("dd", f"if={image}", f"of={mountpoint / 'incoming' / volume_id}", "bs=4M")
+            print(f"{number}. dd if={image.name} of=mnt/incoming/{volume_id} bs=4M "
+                  f"({time.monotonic() - started:.1f} s)")
+
+        refs = sorted(find_backups(store, volume_id),
+                      key=lambda r: load_metadata(store, r).parent_id is not None)
+        listing = _run("ls", "-l", str(mountpoint / volume_id)).stdout
+        print(f"5. ls -l mnt/{volume_id}")
+        for line in listing.strip().splitlines():
+            print(f"     {line}")
+        kinds = ["full" if load_metadata(store, r).parent_id is None else "incremental"
+                 for r in refs]
+        print(f"   ({' then '.join(kinds)}; the incremental stored only the changed blocks)")
+
+        ok = len(refs) == 2
+        for number, (ref, image) in enumerate(zip(refs, (day1, day2), strict=False), start=6):
+            name = next(n for n in os.listdir(mountpoint / volume_id)
+                        if n.endswith(ref.backup_id))
             target = tmp / f"restored-{image.name}"
-            with open(target, "wb") as out:
-                digest = restore(store, ref, out)
-            match = digest == images[image] == _sha256(target)
+            _run("dd", f"if={mountpoint / volume_id / name}", f"of={target}", "bs=4M")
+            digest = _sha256(target)
+            match = digest == images[image]
             ok &= match
-            chain = "full" if load_metadata(store, ref).parent_id is None else "chain of 2"
-            print(f"{number}. restored {ref.backup_id} ({chain}) -> {target.name}: sha256 "
+            print(f"{number}. dd if=mnt/{volume_id}/{name[:24]}… of={target.name}: sha256 "
                   f"{digest[:16]}… {'matches' if match else 'DIFFERS FROM'} {image.name}")
         print("demo OK: every restored byte matches" if ok else "demo FAILED: bytes differ")
         return 0 if ok else 1
     finally:
+        if mounted:
+            subprocess.run([sys.executable, "-m", "bakfs", "umount", "--force",
+                            str(mountpoint)], capture_output=True)
         if not keep:
-            for ref in reversed(refs):
-                # metadata first, so a half-removed backup is never listed as complete
-                store.delete(ref.metadata_key)
-                for info in backup_objects(store, ref):
-                    store.delete(info.key)
+            _remove_demo_backups(store, volume_id)
             if not workdir:
                 shutil.rmtree(tmp, ignore_errors=True)
         store.close()
+
+
+def _remove_demo_backups(store: ObjectStore, volume_id: str) -> None:
+    """Incrementals first: a backup with dependents cannot be deleted."""
+    refs = find_backups(store, volume_id)
+    for ref in sorted(refs, key=lambda r: load_metadata(store, r).parent_id is None):
+        delete(store, ref.backup_id)

@@ -22,6 +22,8 @@ from bakfs.store.s3 import S3Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.mount.fixtures"]  # real FUSE mounts, for tests/mount and tests/interop
+
 
 @dataclasses.dataclass(frozen=True)
 class S3Server:

@@ -61,23 +61,27 @@ def test_config_check_reports_an_unreachable_store(tmp_path: Path) -> None:
 
 
 def test_demo_round_trips_on_a_fresh_local_store(tmp_path: Path) -> None:
-    env = {"BAKFS_LOCAL_PATH": str(tmp_path / "store")}
+    env = {"BAKFS_LOCAL_PATH": str(tmp_path / "store"), "BAKFS_CACHE_PATH": str(tmp_path / "c"),
+           "BAKFS_INDEX_PATH": str(tmp_path / "i")}
     result = bakfs("demo", "--size", "8MiB", env=env)
     assert result.returncode == 0, result.stderr
-    assert "demo OK" in result.stdout
-    assert result.stdout.count("… matches day") == 2
+    assert "demo OK" in result.stdout and "ls -l mnt/" in result.stdout
+    assert result.stdout.count(" matches day") == 2
+    assert "full then incremental" in result.stdout
     # the demo cleans up after itself unless asked to keep its backups
     assert not list((tmp_path / "store" / "volumebackups").rglob("*_metadata"))
 
 
-def test_demo_and_export_record_against_radosgw(rgw: S3Server, bucket_name: str) -> None:
-    env = rgw.env(bucket_name)
+def test_demo_and_export_record_against_radosgw(rgw: S3Server, bucket_name: str,
+                                                tmp_path: Path) -> None:
+    env = {**rgw.env(bucket_name), "BAKFS_CACHE_PATH": str(tmp_path / "c"),
+           "BAKFS_INDEX_PATH": str(tmp_path / "i")}
     result = bakfs("demo", "--size", "4MiB", "--keep", env=env)
     assert result.returncode == 0, result.stderr
     assert "S3 bucket" in result.stdout and "demo OK" in result.stdout
     check = bakfs("config", "check", env=env)
     assert check.returncode == 0 and "holds 2 complete backups" in check.stdout
-    backup_id = result.stdout.split("incremental backup ")[1].split()[0]
+    backup_id = result.stdout.split("latest -> ")[1].split("Z-", 1)[1].split()[0]
     export = bakfs("export-record", backup_id, env=env)
     assert export.returncode == 0, export.stderr
     assert "import the parent" in export.stderr

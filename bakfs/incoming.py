@@ -1,0 +1,134 @@
+"""Backups made by writing into the mount: `incoming/<volume id>` streamed into the backup
+engine, committed when the writer closes the file, abandoned when it was killed.
+
+A FUSE flush cannot tell a `close()` from the kernel closing the files of a process that is
+being killed; both look alike. So the writer's pid is kept from `create`, and at flush time a
+writer that is exiting because of a signal (Linux: PF_EXITING set and a signal in the exit
+code, both in /proc/<pid>/stat) has its backup abandoned instead of committed. An incremental
+also commits only when exactly the parent's size was written.
+
+Knows nothing of pyfuse3 or errno: it raises bakfs errors that `fuse_ops` maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import trio
+
+from bakfs.backup_cmd import plan_backup
+from bakfs.backup_engine import BackupFailed, BackupSink
+from bakfs.config import Config
+from bakfs.discovery import BackupRef
+from bakfs.errors import BakfsError
+from bakfs.locking import VolumeLease
+from bakfs.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+PF_EXITING = 0x4
+
+
+class OutOfOrderWrite(BakfsError):
+    """A write that is not at the end of what was written so far."""
+
+
+class WriterKilled(BakfsError):
+    """The writing process died before it finished."""
+
+
+def process_killed(pid: int) -> bool:
+    """True when `pid` is exiting because of a signal (its files are being closed by the
+    kernel, not by the program)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    flags = int(fields[6])  # field 9 of stat(5); fields[0] is field 3
+    exit_code = int(fields[49]) if len(fields) > 49 else 0  # field 52
+    return bool(flags & PF_EXITING) and bool(exit_code & 0x7F)
+
+
+@dataclasses.dataclass
+class IncomingBackup:
+    """One backup being written through `incoming/`."""
+
+    volume_id: str
+    writer_pid: int
+    sink: BackupSink
+    reason: str
+    written: int = 0
+    done: bool = False
+    result: BackupRef | None = None
+    error: str | None = None
+
+    @classmethod
+    async def start(cls, nursery: trio.Nursery, store: ObjectStore, config: Config,
+                    volume_id: str, writer_pid: int,
+                    s3_limiter: trio.CapacityLimiter,
+                    cpu_limiter: trio.CapacityLimiter) -> IncomingBackup:
+        """Plan (incremental on the newest backup when it fits), take the volume's lease and
+        start the engine. VolumeBusy when another writer holds the volume."""
+        plan, reason = await trio.to_thread.run_sync(
+            lambda: plan_backup(store, config, volume_id, None, parent_id=None, full=False,
+                                name=None, description="written into the bakfs mount"),
+            limiter=s3_limiter)
+        lease = VolumeLease(store, volume_id, plan.backup_id)
+        await trio.to_thread.run_sync(lease.acquire, limiter=s3_limiter)
+        try:
+            sink = await BackupSink.start(nursery, store, plan, lease, cpu_limiter=cpu_limiter,
+                                          s3_limiter=s3_limiter)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lease.release)
+            raise
+        log.info("incoming/%s: backup %s started (%s)", volume_id, plan.backup_id, reason)
+        return cls(volume_id, writer_pid, sink, reason)
+
+    @property
+    def backup_id(self) -> str:
+        return self.sink.plan.backup_id
+
+    async def write(self, offset: int, data: bytes) -> int:
+        if self.done:
+            raise BackupFailed(f"incoming/{self.volume_id}: the backup is already "
+                               f"{'committed' if self.result else 'abandoned'}")
+        if offset != self.written:
+            raise OutOfOrderWrite(
+                f"incoming/{self.volume_id}: write at offset {offset}, but {self.written} "
+                "bytes were written so far; backups are written sequentially (dd, cp, cat)")
+        await self.sink.write(data)
+        self.written += len(data)
+        return len(data)
+
+    async def finish(self) -> BackupRef:
+        """Commit (or, when the writer was killed, abandon); idempotent."""
+        if self.done:
+            if self.result is not None:
+                return self.result
+            raise BackupFailed(self.error or f"incoming/{self.volume_id}: abandoned")
+        self.done = True
+        if process_killed(self.writer_pid):
+            await self.sink.abort()
+            self.error = (f"incoming/{self.volume_id}: the writer (pid {self.writer_pid}) was "
+                          f"killed after {self.written} bytes; backup {self.backup_id} "
+                          "abandoned")
+            log.warning("%s", self.error)
+            raise WriterKilled(self.error)
+        try:
+            self.result = await self.sink.commit()
+        except BakfsError as exc:
+            self.error = str(exc)
+            raise
+        log.info("incoming/%s: backup %s committed (%d bytes)", self.volume_id,
+                 self.backup_id, self.written)
+        return self.result
+
+    async def abandon(self, why: str) -> None:
+        if not self.done:
+            self.done = True
+            self.error = f"incoming/{self.volume_id}: {why}; backup {self.backup_id} abandoned"
+            log.warning("%s", self.error)
+            await self.sink.abort()

@@ -1,0 +1,506 @@
+"""`bakfs mount` and `bakfs umount`: the mount's lifecycle and the service behind the FUSE
+handlers.
+
+Order of start: check the mountpoint (clean a stale mount left by a crashed daemon) →
+daemonize unless --foreground (fork before trio, threads or boto3 exist; the parent waits on
+a pipe for "ready" or the reason of failure) → open the read engine and refresh the catalog →
+pyfuse3.init → ready → serve until unmounted or SIGTERM/SIGINT → abandon unfinished incoming
+backups (nothing committed) → unmount.
+
+`MountService` holds the state the handlers share: the tree, open handles, incoming writers,
+counters. It knows nothing of pyfuse3 (see `fuse_ops`) beyond invalidating kernel entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import itertools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import platformdirs
+import trio
+
+from bakfs.config import Config
+from bakfs.errors import BakfsError
+from bakfs.incoming import IncomingBackup
+from bakfs.index import BackupRecord
+from bakfs.locking import VolumeBusy
+from bakfs.store.base import ObjectStore
+from bakfs.tree import METRICS, ROOT_INODE, Node, Tree
+
+log = logging.getLogger(__name__)
+
+
+class MountError(BakfsError):
+    """The mount could not be made or undone."""
+
+
+@dataclasses.dataclass
+class Handle:
+    node: Node
+    data: bytes = b""  # status files: a snapshot taken at open
+    writer: IncomingBackup | None = None
+
+
+@dataclasses.dataclass
+class Counters:
+    reads: int = 0
+    bytes_served: int = 0
+    read_errors: int = 0
+    backups_committed: int = 0
+    backups_failed: int = 0
+    refreshes: int = 0
+
+
+class MountService:
+    """What the FUSE handlers operate on."""
+
+    def __init__(self, config: Config, engine: object, tree: Tree) -> None:
+        from bakfs.reader import Engine
+
+        assert isinstance(engine, Engine)
+        self.config = config
+        self.engine = engine
+        self.store = engine.store
+        self.tree = tree
+        self.counters = Counters()
+        self.handles: dict[int, Handle] = {}
+        self.writers: dict[str, IncomingBackup] = {}
+        self.served: dict[str, int] = {}  # bytes served per backup, for its xattr
+        self.nursery: trio.Nursery | None = None
+        self._fh = itertools.count(1)
+
+    # -- catalog ---------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Show backups made elsewhere (and drop deleted ones)."""
+        await self.engine.refresh()
+        records = [r for r in await self.engine.list_backups() if r.status == "ok"]
+        # Directory entries are cached by the kernel for DIR_TIMEOUT seconds only and
+        # listings never, so changes show without invalidation calls (which can deadlock
+        # when made while the kernel waits on a request for the same inode).
+        self.tree.sync(records)
+        self.counters.refreshes += 1
+        if self.nursery is not None:
+            self.nursery.start_soon(self.measure_held)
+        else:
+            await self.measure_held()
+
+    async def measure_held(self) -> None:
+        """Bytes that are not holes or zero objects, per backup, so `du` and st_blocks tell
+        the truth; from the index's extents (no object is fetched)."""
+        from bakfs.index import KIND_DATA
+
+        for node in list(self.tree.nodes.values()):
+            if node.kind != "backup" or node.held is not None or node.record is None:
+                continue
+            try:
+                spans = await self.engine.spans(node.record.backup_id, 0, node.size) \
+                    if node.size else []
+            except BakfsError as exc:
+                log.warning("cannot measure %s: %s", node.name, exc)
+                continue
+            node.held = sum(s.length for s in spans if s.kind == KIND_DATA)
+
+    async def refresh_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.index.refresh_interval)
+            try:
+                await self.refresh()
+            except BakfsError as exc:
+                log.warning("refresh failed (the tree keeps what it showed): %s", exc)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def open_handle(self, node: Node) -> int:
+        fh = next(self._fh)
+        data = b""
+        if node.kind == "status":
+            data = (self.metrics() if node.name == METRICS else self.status()).encode()
+        self.handles[fh] = Handle(node, data)
+        return fh
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self.handles[fh]
+        node = handle.node
+        if node.kind == "status":
+            return handle.data[offset:offset + size]
+        record = node.record
+        assert record is not None
+        try:
+            data = await self.engine.read(record.backup_id, offset, size, stream=fh)
+        except BakfsError as exc:
+            self.counters.read_errors += 1
+            raise BakfsError(f"read of {node.name} (volume {record.volume_id}) at offset "
+                             f"{offset}, {size} bytes, failed: {exc}") from None
+        self.counters.reads += 1
+        self.counters.bytes_served += len(data)
+        self.served[record.backup_id] = self.served.get(record.backup_id, 0) + len(data)
+        return data
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh, None)
+        if handle is not None and handle.writer is not None and not handle.writer.done:
+            await self._end_writer(handle.writer, "the file was closed with nothing written")
+
+    # -- incoming --------------------------------------------------------------------------
+
+    async def start_incoming(self, volume_id: str, writer_pid: int) -> tuple[int, Node]:
+        if volume_id in self.writers:
+            raise VolumeBusy(f"incoming/{volume_id} is already being written (pid "
+                             f"{self.writers[volume_id].writer_pid})")
+        assert self.nursery is not None
+        self.writers[volume_id] = None  # type: ignore[assignment]  # claim the name now
+        try:
+            writer = await IncomingBackup.start(
+                self.nursery, self.store, self.config, volume_id, writer_pid,
+                self.engine.bridge.limiters.s3, self.engine.bridge.limiters.cpu)
+        except BaseException:
+            del self.writers[volume_id]
+            raise
+        self.writers[volume_id] = writer
+        node = self.tree.add_incoming(volume_id)
+        fh = next(self._fh)
+        self.handles[fh] = Handle(node, writer=writer)
+        return fh, node
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        writer = self.handles[fh].writer
+        if writer is None:
+            raise BakfsError("this file is not open for writing")
+        try:
+            return await writer.write(offset, data)
+        except BakfsError:
+            await self._end_writer(writer, "a write failed")
+            raise
+
+    async def finish(self, fh: int) -> None:
+        """Commit at the first flush (close) or fsync after data was written, so close()
+        reports a failed backup to the writer. A flush with nothing written yet is not the
+        end: dd and shells close a duplicate descriptor right after opening."""
+        handle = self.handles.get(fh)
+        writer = handle.writer if handle else None
+        if writer is None or (writer.written == 0 and not writer.done):
+            return
+        try:
+            await writer.finish()
+            self.counters.backups_committed += 1
+        except BakfsError:
+            self.counters.backups_failed += 1
+            raise
+        finally:
+            self._forget_writer(writer)
+        await self.refresh()
+
+    async def _end_writer(self, writer: IncomingBackup, why: str) -> None:
+        await writer.abandon(why)
+        self.counters.backups_failed += 1
+        self._forget_writer(writer)
+
+    def _forget_writer(self, writer: IncomingBackup) -> None:
+        if self.writers.get(writer.volume_id) is writer:
+            del self.writers[writer.volume_id]
+            self.tree.remove_incoming(writer.volume_id)
+
+    async def abandon_all(self) -> None:
+        for writer in list(self.writers.values()):
+            if writer is not None:
+                await self._end_writer(writer, "the mount is going away")
+
+    # -- attributes and status -------------------------------------------------------------
+
+    async def xattrs(self, node: Node) -> dict[str, str]:
+        if node.inode == ROOT_INODE:
+            return {"user.bakfs.pid": str(os.getpid()),
+                    "user.bakfs.writers": str(len(self.writers)),
+                    "user.bakfs.store": self.store.description}
+        if node.kind == "incoming":
+            writer = self.writers.get(node.volume_id or "")
+            if writer is None:
+                return {}
+            return {"user.bakfs.backup_id": writer.backup_id,
+                    "user.bakfs.written": str(writer.written),
+                    "user.bakfs.uploaded": str(writer.sink.stats.bytes_uploaded),
+                    "user.bakfs.plan": writer.reason}
+        if node.kind == "backup" and node.record is not None:
+            return _record_xattrs(node.record, self.served.get(node.record.backup_id, 0))
+        return {}
+
+    def status(self) -> str:
+        c = self.counters
+        lines = [f"store: {self.store.description}",
+                 f"backups shown: {sum(1 for n in self.tree.nodes.values() if n.kind == 'backup')}",
+                 f"reads: {c.reads}", f"bytes served: {c.bytes_served}",
+                 f"read errors: {c.read_errors}",
+                 f"objects fetched from the store: {self.engine.cache.stats.fetches}",
+                 f"bytes fetched from the store: {self.engine.cache.stats.fetched_bytes}",
+                 f"cache hits: {self.engine.cache.stats.memory_hits} in memory, "
+                 f"{self.engine.cache.stats.disk_hits} on disk",
+                 f"backups committed: {c.backups_committed}",
+                 f"backups failed: {c.backups_failed}", f"refreshes: {c.refreshes}"]
+        for volume_id, writer in sorted(self.writers.items()):
+            if writer is not None:
+                lines.append(f"writing incoming/{volume_id}: backup {writer.backup_id}, "
+                             f"{writer.written} bytes written, "
+                             f"{writer.sink.stats.bytes_uploaded} uploaded")
+        return "\n".join(lines) + "\n"
+
+    def metrics(self) -> str:
+        c = self.counters
+        cache = self.engine.cache.stats
+        rows = [("bakfs_reads_total", "counter", "reads served", c.reads),
+                ("bakfs_served_bytes_total", "counter", "bytes served to readers",
+                 c.bytes_served),
+                ("bakfs_read_errors_total", "counter", "reads failed with EIO", c.read_errors),
+                ("bakfs_fetched_objects_total", "counter", "objects fetched from the store",
+                 cache.fetches),
+                ("bakfs_fetched_bytes_total", "counter", "stored bytes fetched from the store",
+                 cache.fetched_bytes),
+                ("bakfs_cache_hits_total", "counter", "chunk cache hits (memory and disk)",
+                 cache.memory_hits + cache.disk_hits),
+                ("bakfs_backups_committed_total", "counter", "backups written via incoming/",
+                 c.backups_committed),
+                ("bakfs_backups_failed_total", "counter", "incoming backups that failed",
+                 c.backups_failed),
+                ("bakfs_incoming_writers", "gauge", "backups being written",
+                 len(self.writers))]
+        out = []
+        for name, kind, text, value in rows:
+            out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return "\n".join(out) + "\n"
+
+
+def _record_xattrs(record: BackupRecord, served: int) -> dict[str, str]:
+    return {"user.bakfs.backup_id": record.backup_id,
+            "user.bakfs.volume_id": record.volume_id,
+            "user.bakfs.parent_id": record.parent_id or "",
+            "user.bakfs.chain": ",".join(record.chain),
+            "user.bakfs.created": record.created_at,
+            "user.bakfs.stored_bytes": str(record.stored_bytes),
+            "user.bakfs.objects": str(record.object_count),
+            "user.bakfs.status": record.status,
+            "user.bakfs.prefix": record.prefix,
+            "user.bakfs.bytes_served": str(served)}
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+
+
+def default_log_path(mountpoint: Path) -> Path:
+    name = str(mountpoint.resolve()).strip("/").replace("/", "_") or "root"
+    return Path(platformdirs.user_log_dir("bakfs")) / f"mount-{name}.log"
+
+
+def _check_mountpoint(mountpoint: Path, cleaned: bool = False) -> None:
+    """A directory, not mounted; a mount left by a crashed daemon (ENOTCONN) is cleaned."""
+    try:
+        mounted = os.path.ismount(mountpoint)
+        if mounted:
+            os.listdir(mountpoint)  # a listing always reaches the daemon (never cached)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN and not cleaned:
+            log.warning("%s is a stale mount of a crashed daemon; cleaning it", mountpoint)
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
+                           capture_output=True)
+            return _check_mountpoint(mountpoint, cleaned=True)
+        raise MountError(f"mountpoint {mountpoint}: {exc.strerror}") from None
+    if mounted:
+        raise MountError(f"{mountpoint} is already a mount point (bakfs umount it first)")
+    if not mountpoint.is_dir():
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
+
+
+def run_mount(config: Config, mountpoint: str, *, foreground: bool,
+              fuse_options: list[str], log_file: str | None) -> int:
+    path = Path(os.path.abspath(mountpoint))
+    _check_mountpoint(path)
+    path = path.resolve()  # as /proc/self/mountinfo will name it (resolved before mounting)
+    if not Path("/dev/fuse").exists():
+        raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
+    notify: Callable[[str], None] = lambda message: None  # noqa: E731
+    if not foreground:
+        log_path = Path(log_file) if log_file else default_log_path(path)
+        result = _daemonize(log_path)
+        if isinstance(result, int):
+            return result
+        notify = result
+    try:
+        trio.run(_serve, config, path, fuse_options, notify)
+    except BakfsError as exc:
+        notify(f"error: {exc}")
+        raise
+    except BaseException as exc:
+        notify(f"error: {type(exc).__name__}: {exc}")
+        raise
+    return 0
+
+
+def _daemonize(log_path: Path) -> int | Callable[[str], None]:
+    """Fork. The parent waits for the child's first message and returns the exit code; the
+    child detaches and gets a function to send that message."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read().decode(errors="replace").strip()
+        if message == "ready":
+            print(f"mounted (daemon pid {pid}, log {log_path})")
+            return 0
+        print(f"bakfs: mount failed: {message or 'the daemon exited early'}; see {log_path}",
+              file=sys.stderr)
+        return 1
+    os.close(read_end)
+    os.setsid()
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(null)
+    os.close(log_fd)
+    sent = False
+
+    def notify(message: str) -> None:
+        nonlocal sent
+        if not sent:
+            sent = True
+            os.write(write_end, message.encode())
+            os.close(write_end)
+
+    return notify
+
+
+async def _serve(config: Config, mountpoint: Path, fuse_options: list[str],
+                 notify: Callable[[str], None]) -> None:
+    from bakfs.store import open_store
+
+    store = await trio.to_thread.run_sync(open_store, config)
+    try:
+        # a fresh store has no bucket yet: create it (if allowed) so the mount starts empty
+        await trio.to_thread.run_sync(store.ensure_bucket)
+        await _serve_store(config, store, mountpoint, fuse_options, notify)
+    finally:
+        store.close()
+
+
+async def _serve_store(config: Config, store: ObjectStore, mountpoint: Path,
+                       fuse_options: list[str], notify: Callable[[str], None]) -> None:
+    import pyfuse3
+
+    from bakfs.fuse_ops import Operations
+    from bakfs.reader import open_engine
+
+    async with open_engine(config, store) as engine:
+        tree = Tree(time.time())
+        service = MountService(config, engine, tree)
+        await service.refresh()
+        operations = Operations(service)
+        options = set(pyfuse3.default_options)
+        options.add("fsname=bakfs")
+        options.add("subtype=bakfs")
+        options.update(fuse_options)
+        pyfuse3.init(operations, str(mountpoint), options)
+        log.info("mounted %s on %s", service.store.description, mountpoint)
+        unmount = True
+        try:
+            async with trio.open_nursery() as nursery:
+                service.nursery = nursery
+                nursery.start_soon(service.refresh_loop)
+                nursery.start_soon(_terminate_on_signal)
+                nursery.start_soon(_widen_readahead_after_init, mountpoint)
+                notify("ready")
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        except BaseException:
+            unmount = True
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await service.abandon_all()
+            pyfuse3.close(unmount=unmount)
+            log.info("unmounted %s", mountpoint)
+
+
+READAHEAD_KB = 1024  # the kernel's FUSE request limit here is 1 MiB (max_pages_limit 256)
+
+
+async def _widen_readahead_after_init(mountpoint: Path) -> None:
+    # the kernel sets the mount's read-ahead when it gets our INIT reply, so set it after
+    await trio.sleep(0.2)
+    await trio.to_thread.run_sync(_widen_readahead, mountpoint)
+
+
+def _widen_readahead(mountpoint: Path) -> None:
+    """Let the kernel read ahead 1 MiB instead of 128 KiB: a sequential `dd` then reaches us
+    in 1 MiB requests, an eighth of the per-request overhead. Needs root; optional."""
+    # The device number comes from mountinfo: a stat() of the mountpoint would ask this very
+    # daemon, whose request loop is not running yet.
+    target = os.path.abspath(mountpoint)  # no resolve(): that would lstat the mount too
+    try:
+        with open("/proc/self/mountinfo") as f:
+            devices = [line.split()[2] for line in f if line.split()[4] == target]
+    except OSError:
+        devices = []
+    if not devices:
+        return
+    knob = Path(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb")
+    try:
+        knob.write_text(str(READAHEAD_KB))
+    except OSError as exc:
+        log.debug("kept the kernel's default read-ahead (%s: %s)", knob, exc.strerror)
+
+
+async def _terminate_on_signal() -> None:
+    import pyfuse3
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def run_umount(mountpoint: str, *, force: bool, timeout: float = 60.0) -> int:
+    path = Path(mountpoint)
+    if not os.path.ismount(path):
+        raise MountError(f"{mountpoint} is not mounted")
+    try:
+        pid = int(os.getxattr(path, "user.bakfs.pid"))
+        writers = int(os.getxattr(path, "user.bakfs.writers"))
+    except OSError:
+        raise MountError(f"{mountpoint} is not a bakfs mount") from None
+    if writers and not force:
+        raise MountError(f"{mountpoint}: {writers} backup(s) are being written into incoming/; "
+                         "wait for them, or use --force to abandon them (nothing is committed)")
+    result = subprocess.run(["fusermount3", "-u", *(["-z"] if force else []), str(path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise MountError(f"fusermount3 could not unmount {mountpoint}: "
+                         f"{result.stderr.strip()}")
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            raise MountError(f"unmounted, but the daemon (pid {pid}) did not exit in "
+                             f"{timeout:.0f} s")
+        time.sleep(0.05)
+    print(f"unmounted {mountpoint}")
+    return 0
+
+
+def process_alive(pid: int) -> bool:
+    """Running (a zombie counts as gone: it only waits to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
