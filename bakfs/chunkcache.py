@@ -45,7 +45,6 @@ from pathlib import Path
 
 import lmdb
 import trio
-import zstandard
 
 from bakfs.blocking import Bridge, plain_errors
 from bakfs.cinder import codec
@@ -86,26 +85,9 @@ class _Flight:
 
 def decode_object(body: bytes, obj: ObjectRef) -> bytes:
     """Plain bytes of a fetched object, or IntegrityError naming it (CPU work)."""
-    plain = _fast_zstd(body, obj) if obj.compression.lower() == "zstd" else None
-    if plain is None:
-        plain = codec.decompress(body, obj.compression, obj.length, obj.name)
+    plain = codec.decompress(body, obj.compression, obj.length, obj.name)
     codec.verify(plain, obj.length, obj.md5, obj.name)
     return plain
-
-
-def _fast_zstd(body: bytes, obj: ObjectRef) -> bytes | None:
-    """One-shot decode of a single zstd frame that records its content size (what Cinder and
-    bakfs write): about four times faster than the streaming decoder. None when the frame
-    does not qualify (no content size, several frames, damage): the caller then uses
-    `codec.decompress`, which decodes across frames and names the object on failure."""
-    try:
-        params = zstandard.get_frame_parameters(body)
-        if params.content_size != obj.length:
-            return None
-        plain = zstandard.ZstdDecompressor().decompress(body, max_output_size=obj.length)
-    except zstandard.ZstdError:
-        return None
-    return plain if len(plain) == obj.length else None
 
 
 class ChunkCache:

@@ -13,6 +13,7 @@
     │       ├── AccessDenied        credentials or SSE-C key refused
     │       ├── ChecksumMismatch    the store rejected an upload's Content-MD5 (BadDigest)
     │       └── AlreadyExists       a conditional put found the key already there
+    ├── IndexCorrupt                the local index holds what it could not have written
     └── BackupNotFound              no backup with that id in the store
 
 This module knows nothing of errno or FUSE: the FUSE adapter maps these to errno.
@@ -83,6 +84,10 @@ class ChecksumMismatch(StoreRefused):
 
 class AlreadyExists(StoreRefused):
     """A put-if-absent found the key already present."""
+
+
+class IndexCorrupt(BakfsError):
+    """The local chunk index holds something it could not have written: rebuild it."""
 
 
 class BackupNotFound(BakfsError):

@@ -41,7 +41,7 @@ from typing import Any
 
 import lmdb
 
-from bakfs.errors import BackupNotFound, BakfsError
+from bakfs.errors import BackupNotFound, IndexCorrupt
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,6 @@ _EXT_KEY = struct.Struct(">IQ")
 _OBJ_VAL = struct.Struct(">QQ16sB")  # offset, length, md5, len(codec); then codec, name
 _EXT_VAL = struct.Struct(">QBIIQ")  # length, kind, owner seq, owner n, offset in object
 NO_OWNER = 0xFFFFFFFF
-
-
-class IndexCorrupt(BakfsError):
-    """The index holds something it could not have written: it must be rebuilt."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -36,8 +36,8 @@ from bakfs import catalog
 from bakfs.blocking import Bridge, plain_errors
 from bakfs.chunkcache import ChunkCache
 from bakfs.config import Config
-from bakfs.errors import BackupNotFound, BakfsError
-from bakfs.index import KIND_DATA, BackupRecord, Index, IndexCorrupt, ObjectRef, Span
+from bakfs.errors import BackupNotFound, BakfsError, IndexCorrupt
+from bakfs.index import KIND_DATA, BackupRecord, Index, ObjectRef, Span
 from bakfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)

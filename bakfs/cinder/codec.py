@@ -76,8 +76,18 @@ def decompress(body: bytes | memoryview, recorded: str, expected_length: int | N
 
 
 def _zstd_decompress(body: bytes | memoryview, expected_length: int | None) -> bytes:
-    """Decode every frame, not just the first (zstandard's one-shot decompress stops there)."""
+    """Decode every frame, not just the first (zstandard's one-shot decompress stops there).
+    A single frame that records the expected content size (what Cinder and bakfs write) takes
+    the one-shot path, about four times faster than the streaming decoder."""
     dctx = zstandard.ZstdDecompressor()
+    if expected_length is not None:
+        try:
+            if zstandard.get_frame_parameters(body).content_size == expected_length:
+                plain = dctx.decompress(body, max_output_size=expected_length)
+                if len(plain) == expected_length:
+                    return plain
+        except zstandard.ZstdError:
+            pass  # not such a frame: the general decoder below says what is wrong
     out = bytearray()
     view = memoryview(body)
     while view:
