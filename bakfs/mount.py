@@ -284,7 +284,7 @@ def _record_xattrs(record: BackupRecord, served: int) -> dict[str, str]:
             "user.bakfs.parent_id": record.parent_id or "",
             "user.bakfs.chain": ",".join(record.chain),
             "user.bakfs.created": record.created_at,
-            "user.bakfs.stored_bytes": str(record.stored_bytes),
+            "user.bakfs.own_bytes": str(record.stored_bytes),  # plain bytes of its objects
             "user.bakfs.objects": str(record.object_count),
             "user.bakfs.status": record.status,
             "user.bakfs.prefix": record.prefix,
