@@ -121,6 +121,7 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        await self.service.first_request()
         text = os.fsdecode(name)
         if text == ".":
             return self.attributes(self._node(parent_inode))
@@ -134,6 +135,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        await self.service.first_request()
         return self.attributes(self._node(inode))
 
     @_errors

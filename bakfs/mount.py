@@ -76,7 +76,17 @@ class MountService:
         self.writers: dict[str, IncomingBackup] = {}
         self.served: dict[str, int] = {}  # bytes served per backup, for its xattr
         self.nursery: trio.Nursery | None = None
+        self.mountpoint: Path | None = None
+        self._tuned = False
         self._fh = itertools.count(1)
+
+    async def first_request(self) -> None:
+        """Once, on the first request: the kernel has applied our INIT reply (which resets the
+        mount's read-ahead) and no backup file is open yet (a file keeps the read-ahead it was
+        opened with)."""
+        if not self._tuned and self.mountpoint is not None:
+            self._tuned = True
+            await trio.to_thread.run_sync(_widen_readahead, self.mountpoint)
 
     # -- catalog ---------------------------------------------------------------------------
 
@@ -404,6 +414,7 @@ async def _serve_store(config: Config, store: ObjectStore, mountpoint: Path,
         tree = Tree(time.time())
         service = MountService(config, engine, tree)
         await service.refresh()
+        service.mountpoint = mountpoint
         operations = Operations(service)
         options = set(pyfuse3.default_options)
         options.add("fsname=bakfs")
@@ -417,7 +428,6 @@ async def _serve_store(config: Config, store: ObjectStore, mountpoint: Path,
                 service.nursery = nursery
                 nursery.start_soon(service.refresh_loop)
                 nursery.start_soon(_terminate_on_signal)
-                nursery.start_soon(_widen_readahead_after_init, mountpoint)
                 notify("ready")
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
@@ -432,12 +442,6 @@ async def _serve_store(config: Config, store: ObjectStore, mountpoint: Path,
 
 
 READAHEAD_KB = 1024  # the kernel's FUSE request limit here is 1 MiB (max_pages_limit 256)
-
-
-async def _widen_readahead_after_init(mountpoint: Path) -> None:
-    # the kernel sets the mount's read-ahead when it gets our INIT reply, so set it after
-    await trio.sleep(0.2)
-    await trio.to_thread.run_sync(_widen_readahead, mountpoint)
 
 
 def _widen_readahead(mountpoint: Path) -> None:
