@@ -110,7 +110,7 @@ class IncomingBackup:
                 return self.result
             raise BackupFailed(self.error or f"incoming/{self.volume_id}: abandoned")
         self.done = True
-        if process_killed(self.writer_pid):
+        if await trio.to_thread.run_sync(process_killed, self.writer_pid):
             await self.sink.abort()
             self.error = (f"incoming/{self.volume_id}: the writer (pid {self.writer_pid}) was "
                           f"killed after {self.written} bytes; backup {self.backup_id} "
