@@ -35,6 +35,7 @@ from bakfs.index import BackupRecord
 from bakfs.locking import VolumeBusy
 from bakfs.store.base import ObjectStore
 from bakfs.tree import METRICS, ROOT_INODE, Node, Tree
+from bakfs.tsm.staging import StagingManager
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class MountService:
         self.served: dict[str, int] = {}  # bytes served per backup, for its xattr
         self.nursery: trio.Nursery | None = None
         self.mountpoint: Path | None = None
+        self.staging: StagingManager | None = None  # reads of TSM-held backups
+        self.staging_error: str | None = None
         self._tuned = False
         self._fh = itertools.count(1)
 
@@ -94,10 +97,13 @@ class MountService:
         """Show backups made elsewhere (and drop deleted ones)."""
         await self.engine.refresh()
         records = [r for r in await self.engine.list_backups() if r.status == "ok"]
+        from bakfs.tsm.catalog import list_records
+
+        tsm_records = await trio.to_thread.run_sync(list_records, self.store)
         # Directory entries are cached by the kernel for DIR_TIMEOUT seconds only and
         # listings never, so changes show without invalidation calls (which can deadlock
         # when made while the kernel waits on a request for the same inode).
-        self.tree.sync(records)
+        self.tree.sync(records, tsm_records)
         self.counters.refreshes += 1
         if self.nursery is not None:
             self.nursery.start_soon(self.measure_held)
@@ -135,6 +141,8 @@ class MountService:
         data = b""
         if node.kind == "status":
             data = (self.metrics() if node.name == METRICS else self.status()).encode()
+        if node.tsm is not None and self.staging is not None:
+            self.staging.pin(node.tsm.backup_id)  # never evicted while open
         self.handles[fh] = Handle(node, data)
         return fh
 
@@ -143,21 +151,27 @@ class MountService:
         node = handle.node
         if node.kind == "status":
             return handle.data[offset:offset + size]
-        record = node.record
-        assert record is not None
+        backup_id = node.tsm.backup_id if node.tsm else node.record.backup_id  # type: ignore[union-attr]
         try:
-            data = await self.engine.read(record.backup_id, offset, size, stream=fh)
+            if node.tsm is not None:
+                if self.staging is None:
+                    raise BakfsError(f"TSM backups cannot be read: {self.staging_error}")
+                data = await self.staging.read(node.tsm, offset, size)
+            else:
+                data = await self.engine.read(backup_id, offset, size, stream=fh)
         except BakfsError as exc:
             self.counters.read_errors += 1
-            raise BakfsError(f"read of {node.name} (volume {record.volume_id}) at offset "
+            raise BakfsError(f"read of {node.name} (volume {node.volume_id}) at offset "
                              f"{offset}, {size} bytes, failed: {exc}") from None
         self.counters.reads += 1
         self.counters.bytes_served += len(data)
-        self.served[record.backup_id] = self.served.get(record.backup_id, 0) + len(data)
+        self.served[backup_id] = self.served.get(backup_id, 0) + len(data)
         return data
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
+        if handle is not None and handle.node.tsm is not None and self.staging is not None:
+            self.staging.unpin(handle.node.tsm.backup_id)
         if handle is not None and handle.writer is not None and not handle.writer.done:
             await self._end_writer(handle.writer, "the file was closed with nothing written")
 
@@ -242,6 +256,18 @@ class MountService:
                     "user.bakfs.plan": writer.reason}
         if node.kind == "backup" and node.record is not None:
             return _record_xattrs(node.record, self.served.get(node.record.backup_id, 0))
+        if node.kind == "backup" and node.tsm is not None:
+            record = node.tsm
+            values = {"user.bakfs.backup_id": record.backup_id,
+                      "user.bakfs.volume_id": record.volume_id,
+                      "user.bakfs.backend": "tsm", "user.bakfs.tsm_mode": record.mode,
+                      "user.bakfs.tsm_path": record.path, "user.bakfs.sha256": record.sha256,
+                      "user.bakfs.status": "ok",
+                      "user.bakfs.bytes_served": str(self.served.get(record.backup_id, 0))}
+            progress = self.staging.progress(record.backup_id) if self.staging else None
+            if progress is not None:
+                values.update({k: v.decode() for k, v in progress.xattrs().items()})
+            return values
         return {}
 
     def status(self) -> str:
@@ -256,6 +282,12 @@ class MountService:
                  f"{self.engine.cache.stats.disk_hits} on disk",
                  f"backups committed: {c.backups_committed}",
                  f"backups failed: {c.backups_failed}", f"refreshes: {c.refreshes}"]
+        if self.staging is not None:
+            for p in self.staging.all_progress():
+                lines.append(f"staging TSM backup {p.backup_id}: {p.state}, {p.staged_bytes} of "
+                             f"{p.total_bytes} bytes" + (f" ({p.error})" if p.error else ""))
+        elif self.staging_error:
+            lines.append(f"TSM staging unavailable: {self.staging_error}")
         for volume_id, writer in sorted(self.writers.items()):
             if writer is not None:
                 lines.append(f"writing incoming/{volume_id}: backup {writer.backup_id}, "
@@ -426,6 +458,7 @@ async def _serve_store(config: Config, store: ObjectStore, mountpoint: Path,
         try:
             async with trio.open_nursery() as nursery:
                 service.nursery = nursery
+                await _start_staging(service, nursery)
                 nursery.start_soon(service.refresh_loop)
                 nursery.start_soon(_terminate_on_signal)
                 notify("ready")
@@ -439,6 +472,20 @@ async def _serve_store(config: Config, store: ObjectStore, mountpoint: Path,
                 await service.abandon_all()
             pyfuse3.close(unmount=unmount)
             log.info("unmounted %s", mountpoint)
+
+
+async def _start_staging(service: MountService, nursery: trio.Nursery) -> None:
+    """The staging area for TSM-held backups. Another process owning it (a second mount, a
+    `bakfs stage`) leaves TSM backups listed but unreadable, with the reason in the log."""
+    from bakfs.tsm.commands import make_runner, staging_dir, staging_max_bytes
+
+    config = service.config
+    manager = StagingManager(make_runner(config), staging_dir(config), staging_max_bytes(config))
+    try:
+        service.staging = await nursery.start(manager.serve)
+    except BakfsError as exc:
+        service.staging_error = str(exc)
+        log.warning("TSM backups will not be readable: %s", exc)
 
 
 READAHEAD_KB = 1024  # the kernel's FUSE request limit here is 1 MiB (max_pages_limit 256)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from bakfs.index import BackupRecord
+from bakfs.tsm.catalog import TsmRecord
 
 ROOT_INODE = 1
 INCOMING = "incoming"
@@ -45,6 +46,7 @@ class Node:
     held: int | None = None
     target: str | None = None  # of a symlink
     record: BackupRecord | None = None
+    tsm: TsmRecord | None = None  # a backup kept in TSM, read through staging
     volume_id: str | None = None
 
     @property
@@ -52,15 +54,18 @@ class Node:
         return self.kind in ("dir", "incoming_dir")
 
 
-def backup_file_name(record: BackupRecord) -> str:
+def backup_file_name(record: BackupRecord | TsmRecord) -> str:
     """`20261123T150605.123456Z-<backup id>`: `ls` sorts a volume's backups by creation time
     (microseconds, as backups can start within one second)."""
     when = datetime.fromtimestamp(backup_time(record), UTC)
     return f"{when:%Y%m%dT%H%M%S.%f}Z-{record.backup_id}"
 
 
-def backup_time(record: BackupRecord) -> float:
+def backup_time(record: BackupRecord | TsmRecord) -> float:
     """The backup's creation time: `created_at` when it parses, else the prefix stamp."""
+    if isinstance(record, TsmRecord):
+        when = record.created_at
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     try:
         when = datetime.fromisoformat(record.created_at)
         if when.tzinfo is None:
@@ -69,6 +74,12 @@ def backup_time(record: BackupRecord) -> float:
     except (TypeError, ValueError):
         return datetime.strptime(record.timestamp, "%Y%m%d%H%M%S").replace(
             tzinfo=UTC).timestamp()
+
+
+def _order(record: BackupRecord | TsmRecord) -> tuple[float, int]:
+    """Newest is latest: by creation time, then (same instant) by chain depth."""
+    depth = 1 if isinstance(record, TsmRecord) else len(record.chain)
+    return backup_time(record), depth
 
 
 class Tree:
@@ -121,12 +132,13 @@ class Tree:
         inode = self._keys.get(("backup", backup_id))
         return None if inode is None else self.nodes.get(inode)
 
-    def sync(self, records: list[BackupRecord]) -> set[int]:
-        """Show exactly these (readable) backups. Returns the inodes of directories whose
-        entries changed."""
+    def sync(self, records: list[BackupRecord],
+             tsm_records: list[TsmRecord] | tuple[TsmRecord, ...] = ()) -> set[int]:
+        """Show exactly these (readable) backups, S3 and TSM alike. Returns the inodes of
+        directories whose entries changed."""
         changed: set[int] = set()
-        by_volume: dict[str, list[BackupRecord]] = {}
-        for record in records:
+        by_volume: dict[str, list[BackupRecord | TsmRecord]] = {}
+        for record in [*records, *tsm_records]:
             if record.volume_id in (INCOMING,) or record.volume_id.startswith("."):
                 continue  # cannot be shown beside the special names
             by_volume.setdefault(record.volume_id, []).append(record)
@@ -144,24 +156,27 @@ class Tree:
             changed |= self._sync_volume(directory, volume_records)
         return changed
 
-    def _sync_volume(self, directory: Node, records: list[BackupRecord]) -> set[int]:
+    def _sync_volume(self, directory: Node,
+                     records: list[BackupRecord | TsmRecord]) -> set[int]:
         wanted = {backup_file_name(r): r for r in records}
         before = set(self.children[directory.inode])
         for name, inode in list(self.children[directory.inode].items()):
             node = self.nodes[inode]
             if node.kind == "backup" and name not in wanted:
                 self._remove(inode)
-        newest: BackupRecord | None = None
+        newest: BackupRecord | TsmRecord | None = None
         for name, record in wanted.items():
             node = self.lookup(directory.inode, name)
             if node is None:
                 node = self._add(("backup", record.backup_id), name, "backup", directory.inode)
-            node.record = record
+            if isinstance(record, TsmRecord):
+                node.tsm, node.held = record, record.size
+            else:
+                node.record = record
             node.volume_id = record.volume_id
             node.size = record.size
             node.mtime = backup_time(record)
-            if newest is None or (record.timestamp, record.created_at, len(record.chain)) > (
-                    newest.timestamp, newest.created_at, len(newest.chain)):
+            if newest is None or _order(record) > _order(newest):
                 newest = record
         latest = self.lookup(directory.inode, LATEST)
         if newest is not None:

@@ -1,0 +1,94 @@
+"""TSM-held backups in a real FUSE mount: listed beside S3 ones, read while they stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.mount.fixtures import Mount
+from tests.tsm.conftest import PASSWORD, SimServer, random_file
+
+MiB = 1 << 20
+
+
+def _bakfs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bakfs", *args], env=env, text=True,
+                          capture_output=True, timeout=300)
+
+
+def test_tsm_backups_appear_and_read_while_staging(
+        tmp_path: Path, sim: SimServer, start_mount: Callable[[dict[str, str]], Mount]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
+    env.update({"BAKFS_LOCAL_PATH": str(tmp_path / "store"),
+                "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
+                "BAKFS_INDEX_PATH": str(tmp_path / "index"),
+                "BAKFS_TSM_STAGING_PATH": str(tmp_path / "staging"),
+                "BAKFS_TSM_PASSWORD": PASSWORD})
+    data = random_file(tmp_path / "disk.img", 6 * MiB)
+    made = _bakfs(env, "tsm", "backup", str(tmp_path / "disk.img"), "--volume", "vol-t",
+                  "--json")
+    assert made.returncode == 0, made.stderr
+    tsm_id = json.loads(made.stdout)["backup_id"]
+    s3 = _bakfs(env, "backup", str(tmp_path / "disk.img"), "--volume", "vol-t", "--json")
+    assert s3.returncode == 0, s3.stderr
+
+    sim.set(rate=2 * MiB, chunk=256 << 10)  # the staging restore takes about 3 s
+    mount = start_mount({**env, **{k: v for k, v in os.environ.items()
+                                   if k.startswith("DSMC_SIM_")}})
+    names = sorted(os.listdir(mount.path / "vol-t"))
+    assert len(names) == 3 and names[-1] == "latest"  # a TSM and an S3 backup of one volume
+    (tsm_name,) = [n for n in names if n.endswith(tsm_id)]
+    path = mount.path / "vol-t" / tsm_name
+    assert path.stat().st_size == len(data)
+    assert os.getxattr(path, "user.bakfs.backend") == b"tsm"
+
+    with open(path, "rb") as f:
+        started = time.monotonic()
+        assert f.read(MiB) == data[:MiB]
+        first = time.monotonic() - started
+        staged = int(os.getxattr(path, "user.bakfs.staging.bytes"))
+        assert os.getxattr(path, "user.bakfs.staging.state") == b"staging"
+        assert staged < len(data)  # served while the staging was far from done
+        f.seek(len(data) - 4096)
+        assert f.read() == data[-4096:]  # the end waited for the staging to get there
+        assert time.monotonic() - started > first
+    assert "staging TSM backup" in (mount.path / ".status").read_text()
+    copy = tmp_path / "copy.img"
+    dd = subprocess.run(["dd", f"if={path}", f"of={copy}", "bs=4M"], capture_output=True)
+    assert dd.returncode == 0 and copy.read_bytes() == data
+    assert PASSWORD not in mount.log_text()
+
+
+def test_a_failed_staging_is_eio_and_the_next_read_retries(
+        tmp_path: Path, sim: SimServer, start_mount: Callable[[dict[str, str]], Mount]) -> None:
+    import errno
+
+    import pytest
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
+    env.update({"BAKFS_LOCAL_PATH": str(tmp_path / "store"),
+                "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
+                "BAKFS_INDEX_PATH": str(tmp_path / "index"),
+                "BAKFS_TSM_STAGING_PATH": str(tmp_path / "staging"),
+                "BAKFS_TSM_PASSWORD": PASSWORD})
+    data = random_file(tmp_path / "disk.img", 3 * MiB)
+    assert _bakfs(env, "tsm", "backup", str(tmp_path / "disk.img"), "--volume",
+                  "vol-f").returncode == 0
+    mount = start_mount(env)
+    (name,) = [n for n in os.listdir(mount.path / "vol-f") if n != "latest"]
+    path = mount.path / "vol-f" / name
+    # the kernel retries a failed read-ahead with a plain read, so keep the server down for
+    # every staging attempt this read makes
+    sim.add_fault("restore", remaining=100, server_down=1)
+    with open(path, "rb") as f, pytest.raises(OSError) as info:
+        f.read(4096)
+    assert info.value.errno == errno.EIO
+    assert "ANS1017E" in mount.log_text()
+    (sim.path / "faults.json").write_text("[]")  # the server is back
+    assert path.read_bytes() == data  # the next read stages again, and succeeds
+    assert os.getxattr(path, "user.bakfs.staging.state") == b"complete"
