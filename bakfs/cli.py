@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "into tsm.staging_path, checked by sha256, so later reads are served "
                     "from local disk.")
     stage.add_argument("backup_id", metavar="BACKUP")
+    stage.add_argument("--mount", metavar="MOUNTPOINT",
+                       help="stage through this running bakfs mount (it owns the staging area "
+                            "while it runs)")
     stage.add_argument("--json", action="store_true", help="print a JSON summary")
 
     export = commands.add_parser(

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.command == "stage":
         from bakfs.tsm.commands import run_stage
 
-        return run_stage(config, args.backup_id, as_json=args.json)
+        return run_stage(config, args.backup_id, as_json=args.json, mount=args.mount)
     if args.command == "export-record":
         return export_record(config, args.backup_id, as_json=args.json)
     raise AssertionError(f"unknown command {args.command}")

@@ -166,6 +166,13 @@ class TsmOptions:
                              "directory where TSM backups are restored to be read")
     staging_max_size: int = _opt(16 * GiB, "upper bound of the staging area; finished stagings "
                                            "not in use are evicted, oldest first", size=True)
+    incoming_volumes: str = _opt("", "volumes (comma-separated ids, or *) whose backups written "
+                                     "into the mount's incoming/ go to TSM instead of S3")
+
+    def takes_incoming(self, volume_id: str) -> bool:
+        """Whether a backup of this volume written into incoming/ goes to TSM."""
+        wanted = {v.strip() for v in self.incoming_volumes.split(",") if v.strip()}
+        return "*" in wanted or volume_id in wanted
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
+from pathlib import Path
 
 import trio
 
@@ -24,6 +26,8 @@ from bakfs.discovery import BackupRef
 from bakfs.errors import BakfsError
 from bakfs.locking import VolumeLease
 from bakfs.store.base import ObjectStore
+from bakfs.tsm.catalog import TsmRecord
+from bakfs.tsm.runner import DsmcRunner
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,14 @@ class IncomingBackup:
     def backup_id(self) -> str:
         return self.sink.plan.backup_id
 
+    @property
+    def uploaded(self) -> int:
+        return self.sink.stats.bytes_uploaded
+
+    @property
+    def backend(self) -> str:
+        return "s3"
+
     async def write(self, offset: int, data: bytes) -> int:
         if self.done:
             raise BackupFailed(f"incoming/{self.volume_id}: the backup is already "
@@ -132,3 +144,101 @@ class IncomingBackup:
             self.error = f"incoming/{self.volume_id}: {why}; backup {self.backup_id} abandoned"
             log.warning("%s", self.error)
             await self.sink.abort()
+
+
+@dataclasses.dataclass
+class TsmIncomingBackup:
+    """A backup written into `incoming/` for a volume kept in TSM: spooled to a local file
+    (sequentially, so memory stays flat), then handed to dsmc at close through the runner,
+    with its record committed to the store last. The same interface as IncomingBackup."""
+
+    volume_id: str
+    writer_pid: int
+    backup_id: str
+    spool: Path
+    store: ObjectStore
+    runner: DsmcRunner
+    max_size: int
+    reason: str = "TSM backup (tsm.incoming_volumes)"
+    written: int = 0
+    uploaded: int = 0
+    done: bool = False
+    result: TsmRecord | None = None
+    error: str | None = None
+    backend: str = "tsm"
+
+    @classmethod
+    async def start(cls, store: ObjectStore, config: Config, volume_id: str,
+                    writer_pid: int) -> TsmIncomingBackup:
+        from bakfs.tsm.commands import make_runner
+
+        backup_id = str(uuid.uuid4())
+        directory = Path(config.tsm.staging_path + "-incoming")
+        spool = directory / f"{volume_id}-{backup_id}.img"
+
+        def create() -> None:
+            directory.mkdir(parents=True, exist_ok=True)
+            spool.touch(mode=0o600, exist_ok=False)
+
+        await trio.to_thread.run_sync(create)
+        log.info("incoming/%s: TSM backup %s started, spooled to %s", volume_id, backup_id,
+                 spool)
+        return cls(volume_id, writer_pid, backup_id, spool, store, make_runner(config),
+                   config.tsm.staging_max_size)
+
+    async def write(self, offset: int, data: bytes) -> int:
+        if self.done:
+            raise BackupFailed(f"incoming/{self.volume_id}: the backup is already finished")
+        if offset != self.written:
+            raise OutOfOrderWrite(
+                f"incoming/{self.volume_id}: write at offset {offset}, but {self.written} "
+                "bytes were written so far; backups are written sequentially (dd, cp, cat)")
+        if self.written + len(data) > self.max_size:
+            raise BackupFailed(f"incoming/{self.volume_id}: more than tsm.staging_max_size "
+                               f"({self.max_size} bytes) to spool for TSM")
+        await trio.to_thread.run_sync(_append, self.spool, data)
+        self.written += len(data)
+        return len(data)
+
+    async def finish(self) -> TsmRecord:
+        from bakfs.tsm.commands import make_tsm_backup
+
+        if self.done:
+            if self.result is not None:
+                return self.result
+            raise BackupFailed(self.error or f"incoming/{self.volume_id}: abandoned")
+        self.done = True
+        try:
+            if await trio.to_thread.run_sync(process_killed, self.writer_pid):
+                self.error = (f"incoming/{self.volume_id}: the writer (pid {self.writer_pid}) "
+                              f"was killed after {self.written} bytes; TSM backup "
+                              f"{self.backup_id} abandoned")
+                log.warning("%s", self.error)
+                raise WriterKilled(self.error)
+            try:
+                self.result, _seconds = await trio.to_thread.run_sync(
+                    lambda: make_tsm_backup(self.store, self.runner, str(self.spool),
+                                            self.volume_id, self.backup_id,
+                                            description="written into the bakfs mount"))
+            except BakfsError as exc:
+                self.error = str(exc)
+                raise
+            self.uploaded = self.written
+            log.info("incoming/%s: TSM backup %s committed (%d bytes)", self.volume_id,
+                     self.backup_id, self.written)
+            return self.result
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lambda: self.spool.unlink(missing_ok=True))
+
+    async def abandon(self, why: str) -> None:
+        if not self.done:
+            self.done = True
+            self.error = f"incoming/{self.volume_id}: {why}; TSM backup {self.backup_id} abandoned"
+            log.warning("%s", self.error)
+            await trio.to_thread.run_sync(lambda: self.spool.unlink(missing_ok=True))
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)

@@ -30,7 +30,7 @@ import trio
 
 from bakfs.config import Config
 from bakfs.errors import BakfsError
-from bakfs.incoming import IncomingBackup
+from bakfs.incoming import IncomingBackup, TsmIncomingBackup
 from bakfs.index import BackupRecord
 from bakfs.locking import VolumeBusy
 from bakfs.store.base import ObjectStore
@@ -48,7 +48,7 @@ class MountError(BakfsError):
 class Handle:
     node: Node
     data: bytes = b""  # status files: a snapshot taken at open
-    writer: IncomingBackup | None = None
+    writer: IncomingBackup | TsmIncomingBackup | None = None
 
 
 @dataclasses.dataclass
@@ -74,7 +74,7 @@ class MountService:
         self.tree = tree
         self.counters = Counters()
         self.handles: dict[int, Handle] = {}
-        self.writers: dict[str, IncomingBackup] = {}
+        self.writers: dict[str, IncomingBackup | TsmIncomingBackup] = {}
         self.served: dict[str, int] = {}  # bytes served per backup, for its xattr
         self.nursery: trio.Nursery | None = None
         self.mountpoint: Path | None = None
@@ -183,10 +183,15 @@ class MountService:
                              f"{self.writers[volume_id].writer_pid})")
         assert self.nursery is not None
         self.writers[volume_id] = None  # type: ignore[assignment]  # claim the name now
+        writer: IncomingBackup | TsmIncomingBackup
         try:
-            writer = await IncomingBackup.start(
-                self.nursery, self.store, self.config, volume_id, writer_pid,
-                self.engine.bridge.limiters.s3, self.engine.bridge.limiters.cpu)
+            if self.config.tsm.takes_incoming(volume_id):
+                writer = await TsmIncomingBackup.start(self.store, self.config, volume_id,
+                                                       writer_pid)
+            else:
+                writer = await IncomingBackup.start(
+                    self.nursery, self.store, self.config, volume_id, writer_pid,
+                    self.engine.bridge.limiters.s3, self.engine.bridge.limiters.cpu)
         except BaseException:
             del self.writers[volume_id]
             raise
@@ -224,12 +229,12 @@ class MountService:
             self._forget_writer(writer)
         await self.refresh()
 
-    async def _end_writer(self, writer: IncomingBackup, why: str) -> None:
+    async def _end_writer(self, writer: IncomingBackup | TsmIncomingBackup, why: str) -> None:
         await writer.abandon(why)
         self.counters.backups_failed += 1
         self._forget_writer(writer)
 
-    def _forget_writer(self, writer: IncomingBackup) -> None:
+    def _forget_writer(self, writer: IncomingBackup | TsmIncomingBackup) -> None:
         if self.writers.get(writer.volume_id) is writer:
             del self.writers[writer.volume_id]
             self.tree.remove_incoming(writer.volume_id)
@@ -252,7 +257,8 @@ class MountService:
                 return {}
             return {"user.bakfs.backup_id": writer.backup_id,
                     "user.bakfs.written": str(writer.written),
-                    "user.bakfs.uploaded": str(writer.sink.stats.bytes_uploaded),
+                    "user.bakfs.uploaded": str(writer.uploaded),
+                    "user.bakfs.backend": writer.backend,
                     "user.bakfs.plan": writer.reason}
         if node.kind == "backup" and node.record is not None:
             return _record_xattrs(node.record, self.served.get(node.record.backup_id, 0))
@@ -290,9 +296,9 @@ class MountService:
             lines.append(f"TSM staging unavailable: {self.staging_error}")
         for volume_id, writer in sorted(self.writers.items()):
             if writer is not None:
-                lines.append(f"writing incoming/{volume_id}: backup {writer.backup_id}, "
-                             f"{writer.written} bytes written, "
-                             f"{writer.sink.stats.bytes_uploaded} uploaded")
+                lines.append(f"writing incoming/{volume_id} ({writer.backend}): backup "
+                             f"{writer.backup_id}, {writer.written} bytes written, "
+                             f"{writer.uploaded} uploaded")
         return "\n".join(lines) + "\n"
 
     def metrics(self) -> str:

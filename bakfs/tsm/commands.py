@@ -111,6 +111,32 @@ def make_tsm_backup(store: ObjectStore, runner: DsmcRunner, source: str, volume_
     return record, result.seconds
 
 
+def _stage_through_mount(config: Config, record: TsmRecord, mount: Path, as_json: bool) -> int:
+    """Read the backup's file once through the mount: the mount stages it as it is read, and
+    keeps the verified staging for later readers."""
+    directory = mount / record.volume_id
+    names = [n for n in os.listdir(directory) if n.endswith(f"Z-{record.backup_id}")] \
+        if directory.is_dir() else []
+    if not names:
+        raise BakfsError(f"{mount} does not show TSM backup {record.backup_id} (yet); "
+                         "is it a bakfs mount of this store?")
+    path = directory / names[0]
+    done = 0
+    with Progress(f"stage {record.backup_id[:8]}", record.size,
+                  config.s3.enable_progress_timer) as bar, open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            done += len(chunk)
+            bar.update_to(done)
+    state = os.getxattr(path, "user.bakfs.staging.state").decode()
+    if as_json:
+        print(json.dumps({"backup_id": record.backup_id, "bytes": done, "state": state,
+                          "mount": str(mount)}, indent=2))
+    else:
+        print(f"staged TSM backup {record.backup_id} through {mount} ({human_bytes(done)}, "
+              f"{state})")
+    return 0
+
+
 def run_tsm_ls(config: Config, volume_id: str | None, as_json: bool) -> int:
     """List the TSM backups recorded in the store."""
     with _store(config) as store:
@@ -183,11 +209,14 @@ def run_tsm_restore(config: Config, backup_id: str, target: str) -> int:
     return 0
 
 
-def run_stage(config: Config, backup_id: str, *, as_json: bool) -> int:
-    """Stage a TSM backup into the staging area ahead of reads, with a progress bar."""
+def run_stage(config: Config, backup_id: str, *, as_json: bool, mount: str | None = None) -> int:
+    """Stage a TSM backup into the staging area ahead of reads, with a progress bar. With
+    `mount`, through that bakfs mount (which owns the staging area while it runs)."""
     runner = make_runner(config)
     with _store(config) as store:
         record = find_record(store, backup_id)
+    if mount is not None:
+        return _stage_through_mount(config, record, Path(mount), as_json)
 
     async def main() -> dict[str, object]:
         async with open_staging_manager(runner, staging_dir(config),

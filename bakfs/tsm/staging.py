@@ -176,7 +176,8 @@ class StagingManager:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 raise StagingBusy(f"the staging area {self.directory} is in use by process "
-                                  f"{holder} (a running mount?)") from None
+                                  f"{holder} (a running mount? `bakfs stage --mount MOUNTPOINT` "
+                                  "stages through it)") from None
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)

@@ -92,3 +92,64 @@ def test_a_failed_staging_is_eio_and_the_next_read_retries(
     (sim.path / "faults.json").write_text("[]")  # the server is back
     assert path.read_bytes() == data  # the next read stages again, and succeeds
     assert os.getxattr(path, "user.bakfs.staging.state") == b"complete"
+
+
+def test_incoming_for_a_tsm_volume_and_a_block_device_restored_through_the_mount(
+        tmp_path: Path, sim: SimServer, loop_device: str,
+        start_mount: Callable[[dict[str, str]], Mount]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
+    env.update({"BAKFS_LOCAL_PATH": str(tmp_path / "store"),
+                "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
+                "BAKFS_INDEX_PATH": str(tmp_path / "index"),
+                "BAKFS_TSM_STAGING_PATH": str(tmp_path / "staging"),
+                "BAKFS_TSM_PASSWORD": PASSWORD, "BAKFS_TSM_INCOMING_VOLUMES": "vol-in",
+                "BAKFS_INDEX_REFRESH_INTERVAL": "1"})
+    device = Path(loop_device).read_bytes()
+    image = _bakfs(env, "tsm", "backup", loop_device, "--volume", "vol-dev", "--json")
+    assert image.returncode == 0, image.stderr
+    assert json.loads(image.stdout)["mode"] == "image"
+    mount = start_mount(env)
+
+    data = random_file(tmp_path / "disk.img", 2 * MiB)
+    dd = subprocess.run(["dd", f"if={tmp_path / 'disk.img'}",
+                         f"of={mount.path / 'incoming' / 'vol-in'}", "bs=1M"],
+                        capture_output=True, text=True)
+    assert dd.returncode == 0, dd.stderr + mount.log_text()[-2000:]
+    (name,) = [n for n in os.listdir(mount.path / "vol-in") if n != "latest"]
+    path = mount.path / "vol-in" / name
+    assert os.getxattr(path, "user.bakfs.backend") == b"tsm"
+    assert path.read_bytes() == data
+    assert not list((tmp_path / "staging-incoming").iterdir())  # the spool is gone
+
+    (dev_name,) = [n for n in os.listdir(mount.path / "vol-dev") if n != "latest"]
+    copy = tmp_path / "device-copy.img"
+    restore = subprocess.run(["dd", f"if={mount.path / 'vol-dev' / dev_name}", f"of={copy}",
+                              "bs=4M"], capture_output=True)
+    assert restore.returncode == 0 and copy.read_bytes() == device
+
+    backup_id = dev_name.split("Z-", 1)[1]
+    assert _bakfs(env, "tsm", "delete", backup_id).returncode == 0
+    deadline = time.monotonic() + 30
+    while os.path.exists(mount.path / "vol-dev"):  # gone after the next refresh
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_stage_ahead_through_a_running_mount(
+        tmp_path: Path, sim: SimServer, start_mount: Callable[[dict[str, str]], Mount]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
+    env.update({"BAKFS_LOCAL_PATH": str(tmp_path / "store"),
+                "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
+                "BAKFS_INDEX_PATH": str(tmp_path / "index"),
+                "BAKFS_TSM_STAGING_PATH": str(tmp_path / "staging"),
+                "BAKFS_TSM_PASSWORD": PASSWORD})
+    random_file(tmp_path / "disk.img", 2 * MiB)
+    made = _bakfs(env, "tsm", "backup", str(tmp_path / "disk.img"), "--volume", "vol-s",
+                  "--json")
+    backup_id = json.loads(made.stdout)["backup_id"]
+    mount = start_mount(env)
+    busy = _bakfs(env, "stage", backup_id)
+    assert busy.returncode != 0 and "--mount" in busy.stderr  # the mount owns the area
+    staged = _bakfs(env, "stage", backup_id, "--mount", str(mount.path), "--json")
+    assert staged.returncode == 0, staged.stderr
+    assert json.loads(staged.stdout)["state"] == "complete"
