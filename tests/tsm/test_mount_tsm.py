@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -9,6 +10,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.mount.fixtures import Mount
 from tests.tsm.conftest import PASSWORD, SimServer, random_file
@@ -64,12 +67,14 @@ def test_tsm_backups_appear_and_read_while_staging(
     assert PASSWORD not in mount.log_text()
 
 
+@pytest.mark.parametrize(("fault", "logged"), [
+    ({"server_down": 1}, "ANS1017E"),
+    ({"auth_fail": 1}, "ANS1025E"),
+    ({"fail_after_bytes": 1 << 20, "fail_mode": "exit"}, "staging"),
+])
 def test_a_failed_staging_is_eio_and_the_next_read_retries(
-        tmp_path: Path, sim: SimServer, start_mount: Callable[[dict[str, str]], Mount]) -> None:
-    import errno
-
-    import pytest
-
+        tmp_path: Path, sim: SimServer, start_mount: Callable[[dict[str, str]], Mount],
+        fault: dict[str, object], logged: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
     env.update({"BAKFS_LOCAL_PATH": str(tmp_path / "store"),
                 "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
@@ -84,11 +89,12 @@ def test_a_failed_staging_is_eio_and_the_next_read_retries(
     path = mount.path / "vol-f" / name
     # the kernel retries a failed read-ahead with a plain read, so keep the server down for
     # every staging attempt this read makes
-    sim.add_fault("restore", remaining=100, server_down=1)
+    sim.add_fault("restore", remaining=100, **fault)
     with open(path, "rb") as f, pytest.raises(OSError) as info:
+        f.seek(2 * MiB)  # past where a restore that fails after 1 MiB gets
         f.read(4096)
     assert info.value.errno == errno.EIO
-    assert "ANS1017E" in mount.log_text()
+    assert logged in mount.log_text()
     (sim.path / "faults.json").write_text("[]")  # the server is back
     assert path.read_bytes() == data  # the next read stages again, and succeeds
     assert os.getxattr(path, "user.bakfs.staging.state") == b"complete"
