@@ -159,3 +159,29 @@ def test_stage_ahead_through_a_running_mount(
     staged = _bakfs(env, "stage", backup_id, "--mount", str(mount.path), "--json")
     assert staged.returncode == 0, staged.stderr
     assert json.loads(staged.stdout)["state"] == "complete"
+
+
+def test_no_room_in_the_staging_area_is_eio_until_a_pinned_staging_is_released(
+        tmp_path: Path, sim: SimServer, start_mount: Callable[[dict[str, str]], Mount]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
+    env.update({"BAKFS_LOCAL_PATH": str(tmp_path / "store"),
+                "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
+                "BAKFS_INDEX_PATH": str(tmp_path / "index"),
+                "BAKFS_TSM_STAGING_PATH": str(tmp_path / "staging"),
+                "BAKFS_TSM_STAGING_MAX_SIZE": str(4 * MiB),
+                "BAKFS_TSM_PASSWORD": PASSWORD})
+    first = random_file(tmp_path / "a.img", 3 * MiB)
+    second = random_file(tmp_path / "b.img", 3 * MiB)
+    for name, volume in (("a.img", "vol-a"), ("b.img", "vol-b")):
+        assert _bakfs(env, "tsm", "backup", str(tmp_path / name), "--volume",
+                      volume).returncode == 0
+    mount = start_mount(env)
+    path_a, path_b = (mount.path / v / next(n for n in os.listdir(mount.path / v)
+                                             if n != "latest") for v in ("vol-a", "vol-b"))
+    with open(path_a, "rb") as a:
+        assert a.read() == first  # staged and pinned while open: 3 of the 4 MiB
+        with open(path_b, "rb") as b, pytest.raises(OSError) as info:
+            b.read(4096)
+        assert info.value.errno == errno.EIO
+    assert "cannot take backup" in mount.log_text()  # the reason, in the log
+    assert path_b.read_bytes() == second  # A is no longer pinned: it is evicted for B
