@@ -8,7 +8,7 @@ pyfuse3.init → ready → serve until unmounted or SIGTERM/SIGINT → abandon u
 backups (nothing committed) → unmount.
 
 `MountService` holds the state the handlers share: the tree, open handles, incoming writers,
-counters. It knows nothing of pyfuse3 (see `fuse_ops`) beyond invalidating kernel entries.
+the TSM staging manager, counters. It knows nothing of pyfuse3 (see `fuse_ops`).
 """
 
 from __future__ import annotations
@@ -179,8 +179,9 @@ class MountService:
 
     async def start_incoming(self, volume_id: str, writer_pid: int) -> tuple[int, Node]:
         if volume_id in self.writers:
-            raise VolumeBusy(f"incoming/{volume_id} is already being written (pid "
-                             f"{self.writers[volume_id].writer_pid})")
+            current = self.writers[volume_id]
+            holder = f" (pid {current.writer_pid})" if current is not None else ""
+            raise VolumeBusy(f"incoming/{volume_id} is already being written{holder}")
         assert self.nursery is not None
         self.writers[volume_id] = None  # type: ignore[assignment]  # claim the name now
         writer: IncomingBackup | TsmIncomingBackup
@@ -218,6 +219,9 @@ class MountService:
         handle = self.handles.get(fh)
         writer = handle.writer if handle else None
         if writer is None or (writer.written == 0 and not writer.done):
+            return
+        if writer.done:  # a later flush or fsync: the same outcome again, counted once
+            await writer.finish()
             return
         try:
             await writer.finish()

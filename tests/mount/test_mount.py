@@ -347,3 +347,14 @@ def test_sigterm_unmounts_cleanly_and_abandons_a_backup_in_flight(
     assert not os.path.ismount(mount.path)
     assert find_backups(s3_store, "vol-t") == []
     assert "the mount is going away" in mount.log_text()
+
+
+def test_fsync_then_close_commits_once(env: dict[str, str], tmp_path: Path, s3_store: S3Store,
+                                       start_mount: Callable[[dict[str, str]], Mount]) -> None:
+    mount = start_mount(env)
+    image = tmp_path / "f.img"
+    image.write_bytes(b"\5" * 300000)
+    result = _dd(image, mount.path / "incoming" / "vol-fs", "conv=fsync")
+    assert result.returncode == 0, result.stderr
+    assert len(find_backups(s3_store, "vol-fs")) == 1
+    assert re.search(r"^backups committed: 1$", (mount.path / ".status").read_text(), re.M)
