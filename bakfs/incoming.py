@@ -55,8 +55,44 @@ def process_killed(pid: int) -> bool:
     return bool(flags & PF_EXITING) and bool(exit_code & 0x7F)
 
 
+class _WriterState:
+    """What both kinds of incoming backup check the same way: writes arrive in order, a
+    finished backup reports its outcome again, a killed writer abandons its backup."""
+
+    volume_id: str
+    writer_pid: int
+    backup_id: str
+    written: int
+    done: bool
+    result: object
+    error: str | None
+
+    def _check_write(self, offset: int) -> None:
+        if self.done:
+            raise BackupFailed(f"incoming/{self.volume_id}: the backup is already "
+                               f"{'committed' if self.result else 'abandoned'}")
+        if offset != self.written:
+            raise OutOfOrderWrite(
+                f"incoming/{self.volume_id}: write at offset {offset}, but {self.written} "
+                "bytes were written so far; backups are written sequentially (dd, cp, cat)")
+
+    def _outcome_again(self) -> object:
+        if self.result is not None:
+            return self.result
+        raise BackupFailed(self.error or f"incoming/{self.volume_id}: abandoned")
+
+    async def _killed_writer(self) -> str | None:
+        """The reason to abandon the backup when its writer was killed, else None."""
+        if not await trio.to_thread.run_sync(process_killed, self.writer_pid):
+            return None
+        self.error = (f"incoming/{self.volume_id}: the writer (pid {self.writer_pid}) was "
+                      f"killed after {self.written} bytes; backup {self.backup_id} abandoned")
+        log.warning("%s", self.error)
+        return self.error
+
+
 @dataclasses.dataclass
-class IncomingBackup:
+class IncomingBackup(_WriterState):
     """One backup being written through `incoming/`."""
 
     volume_id: str
@@ -104,13 +140,7 @@ class IncomingBackup:
         return "s3"
 
     async def write(self, offset: int, data: bytes) -> int:
-        if self.done:
-            raise BackupFailed(f"incoming/{self.volume_id}: the backup is already "
-                               f"{'committed' if self.result else 'abandoned'}")
-        if offset != self.written:
-            raise OutOfOrderWrite(
-                f"incoming/{self.volume_id}: write at offset {offset}, but {self.written} "
-                "bytes were written so far; backups are written sequentially (dd, cp, cat)")
+        self._check_write(offset)
         await self.sink.write(data)
         self.written += len(data)
         return len(data)
@@ -118,17 +148,11 @@ class IncomingBackup:
     async def finish(self) -> BackupRef:
         """Commit (or, when the writer was killed, abandon); idempotent."""
         if self.done:
-            if self.result is not None:
-                return self.result
-            raise BackupFailed(self.error or f"incoming/{self.volume_id}: abandoned")
+            return self._outcome_again()  # type: ignore[return-value]
         self.done = True
-        if await trio.to_thread.run_sync(process_killed, self.writer_pid):
+        if (killed := await self._killed_writer()) is not None:
             await self.sink.abort()
-            self.error = (f"incoming/{self.volume_id}: the writer (pid {self.writer_pid}) was "
-                          f"killed after {self.written} bytes; backup {self.backup_id} "
-                          "abandoned")
-            log.warning("%s", self.error)
-            raise WriterKilled(self.error)
+            raise WriterKilled(killed)
         try:
             self.result = await self.sink.commit()
         except BakfsError as exc:
@@ -147,7 +171,7 @@ class IncomingBackup:
 
 
 @dataclasses.dataclass
-class TsmIncomingBackup:
+class TsmIncomingBackup(_WriterState):
     """A backup written into `incoming/` for a volume kept in TSM: spooled to a local file
     (sequentially, so memory stays flat), then handed to dsmc at close through the runner,
     with its record committed to the store last. The same interface as IncomingBackup."""
@@ -187,12 +211,7 @@ class TsmIncomingBackup:
                    config.tsm.staging_max_size)
 
     async def write(self, offset: int, data: bytes) -> int:
-        if self.done:
-            raise BackupFailed(f"incoming/{self.volume_id}: the backup is already finished")
-        if offset != self.written:
-            raise OutOfOrderWrite(
-                f"incoming/{self.volume_id}: write at offset {offset}, but {self.written} "
-                "bytes were written so far; backups are written sequentially (dd, cp, cat)")
+        self._check_write(offset)
         if self.written + len(data) > self.max_size:
             raise BackupFailed(f"incoming/{self.volume_id}: more than tsm.staging_max_size "
                                f"({self.max_size} bytes) to spool for TSM")
@@ -204,17 +223,11 @@ class TsmIncomingBackup:
         from bakfs.tsm.commands import make_tsm_backup
 
         if self.done:
-            if self.result is not None:
-                return self.result
-            raise BackupFailed(self.error or f"incoming/{self.volume_id}: abandoned")
+            return self._outcome_again()  # type: ignore[return-value]
         self.done = True
         try:
-            if await trio.to_thread.run_sync(process_killed, self.writer_pid):
-                self.error = (f"incoming/{self.volume_id}: the writer (pid {self.writer_pid}) "
-                              f"was killed after {self.written} bytes; TSM backup "
-                              f"{self.backup_id} abandoned")
-                log.warning("%s", self.error)
-                raise WriterKilled(self.error)
+            if (killed := await self._killed_writer()) is not None:
+                raise WriterKilled(killed)
             try:
                 self.result, _seconds = await trio.to_thread.run_sync(
                     lambda: make_tsm_backup(self.store, self.runner, str(self.spool),
