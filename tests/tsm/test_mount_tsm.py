@@ -19,6 +19,18 @@ from tests.tsm.conftest import PASSWORD, SimServer, random_file
 MiB = 1 << 20
 
 
+def _env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """This test's store, cache, index and staging area, the TSM password, the simulator (its
+    DSMC_SIM_* and PATH come from the `sim` fixture)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
+    env.update({"BAKFS_LOCAL_PATH": str(tmp_path / "store"),
+                "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
+                "BAKFS_INDEX_PATH": str(tmp_path / "index"),
+                "BAKFS_TSM_STAGING_PATH": str(tmp_path / "staging"),
+                "BAKFS_TSM_PASSWORD": PASSWORD, **settings})
+    return env
+
+
 def _bakfs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bakfs", *args], env=env, text=True,
                           capture_output=True, timeout=300)
@@ -26,12 +38,7 @@ def _bakfs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_tsm_backups_appear_and_read_while_staging(
         tmp_path: Path, sim: SimServer, start_mount: Callable[[dict[str, str]], Mount]) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
-    env.update({"BAKFS_LOCAL_PATH": str(tmp_path / "store"),
-                "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
-                "BAKFS_INDEX_PATH": str(tmp_path / "index"),
-                "BAKFS_TSM_STAGING_PATH": str(tmp_path / "staging"),
-                "BAKFS_TSM_PASSWORD": PASSWORD})
+    env = _env(tmp_path)
     data = random_file(tmp_path / "disk.img", 6 * MiB)
     made = _bakfs(env, "tsm", "backup", str(tmp_path / "disk.img"), "--volume", "vol-t",
                   "--json")
@@ -75,12 +82,7 @@ def test_tsm_backups_appear_and_read_while_staging(
 def test_a_failed_staging_is_eio_and_the_next_read_retries(
         tmp_path: Path, sim: SimServer, start_mount: Callable[[dict[str, str]], Mount],
         fault: dict[str, object], logged: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
-    env.update({"BAKFS_LOCAL_PATH": str(tmp_path / "store"),
-                "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
-                "BAKFS_INDEX_PATH": str(tmp_path / "index"),
-                "BAKFS_TSM_STAGING_PATH": str(tmp_path / "staging"),
-                "BAKFS_TSM_PASSWORD": PASSWORD})
+    env = _env(tmp_path)
     data = random_file(tmp_path / "disk.img", 3 * MiB)
     assert _bakfs(env, "tsm", "backup", str(tmp_path / "disk.img"), "--volume",
                   "vol-f").returncode == 0
@@ -103,13 +105,7 @@ def test_a_failed_staging_is_eio_and_the_next_read_retries(
 def test_incoming_for_a_tsm_volume_and_a_block_device_restored_through_the_mount(
         tmp_path: Path, sim: SimServer, loop_device: str,
         start_mount: Callable[[dict[str, str]], Mount]) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
-    env.update({"BAKFS_LOCAL_PATH": str(tmp_path / "store"),
-                "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
-                "BAKFS_INDEX_PATH": str(tmp_path / "index"),
-                "BAKFS_TSM_STAGING_PATH": str(tmp_path / "staging"),
-                "BAKFS_TSM_PASSWORD": PASSWORD, "BAKFS_TSM_INCOMING_VOLUMES": "vol-in",
-                "BAKFS_INDEX_REFRESH_INTERVAL": "1"})
+    env = _env(tmp_path, BAKFS_TSM_INCOMING_VOLUMES="vol-in", BAKFS_INDEX_REFRESH_INTERVAL="1")
     device = Path(loop_device).read_bytes()
     image = _bakfs(env, "tsm", "backup", loop_device, "--volume", "vol-dev", "--json")
     assert image.returncode == 0, image.stderr
@@ -143,12 +139,7 @@ def test_incoming_for_a_tsm_volume_and_a_block_device_restored_through_the_mount
 
 def test_stage_ahead_through_a_running_mount(
         tmp_path: Path, sim: SimServer, start_mount: Callable[[dict[str, str]], Mount]) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
-    env.update({"BAKFS_LOCAL_PATH": str(tmp_path / "store"),
-                "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
-                "BAKFS_INDEX_PATH": str(tmp_path / "index"),
-                "BAKFS_TSM_STAGING_PATH": str(tmp_path / "staging"),
-                "BAKFS_TSM_PASSWORD": PASSWORD})
+    env = _env(tmp_path)
     random_file(tmp_path / "disk.img", 2 * MiB)
     made = _bakfs(env, "tsm", "backup", str(tmp_path / "disk.img"), "--volume", "vol-s",
                   "--json")
@@ -163,13 +154,7 @@ def test_stage_ahead_through_a_running_mount(
 
 def test_no_room_in_the_staging_area_is_eio_until_a_pinned_staging_is_released(
         tmp_path: Path, sim: SimServer, start_mount: Callable[[dict[str, str]], Mount]) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
-    env.update({"BAKFS_LOCAL_PATH": str(tmp_path / "store"),
-                "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
-                "BAKFS_INDEX_PATH": str(tmp_path / "index"),
-                "BAKFS_TSM_STAGING_PATH": str(tmp_path / "staging"),
-                "BAKFS_TSM_STAGING_MAX_SIZE": str(4 * MiB),
-                "BAKFS_TSM_PASSWORD": PASSWORD})
+    env = _env(tmp_path, BAKFS_TSM_STAGING_MAX_SIZE=str(4 * MiB))
     first = random_file(tmp_path / "a.img", 3 * MiB)
     second = random_file(tmp_path / "b.img", 3 * MiB)
     for name, volume in (("a.img", "vol-a"), ("b.img", "vol-b")):
