@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
 import trio
@@ -36,6 +37,9 @@ from bakfs.locking import VolumeBusy
 from bakfs.store.base import ObjectStore
 from bakfs.tree import METRICS, ROOT_INODE, Node, Tree
 from bakfs.tsm.staging import StagingManager
+
+if TYPE_CHECKING:
+    from bakfs.reader import Engine
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +68,7 @@ class Counters:
 class MountService:
     """What the FUSE handlers operate on."""
 
-    def __init__(self, config: Config, engine: object, tree: Tree) -> None:
-        from bakfs.reader import Engine
-
-        assert isinstance(engine, Engine)
+    def __init__(self, config: Config, engine: Engine, tree: Tree) -> None:
         self.config = config
         self.engine = engine
         self.store = engine.store
