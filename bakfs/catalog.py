@@ -55,6 +55,7 @@ class Listed:
 
     prefix: naming.BackupPrefix
     fingerprint: str
+    stored_bytes: int = 0  # sizes of its data objects in the listing
 
     @property
     def backup_id(self) -> str:
@@ -82,8 +83,12 @@ class RefreshResult:
 def list_complete(store: ObjectStore) -> list[Listed]:
     """Every complete backup in the store (blocking: one listing)."""
     found: dict[str, Listed] = {}
+    data_bytes: dict[str, int] = {}
     for info in store.list(naming.volume_listing_prefix()):
         parsed = naming.parse_key(info.key)
+        if parsed is not None and parsed.number is not None:
+            key = str(parsed.prefix)
+            data_bytes[key] = data_bytes.get(key, 0) + info.size
         if parsed is None or parsed.document != "metadata":
             continue
         stamp = info.last_modified.isoformat() if info.last_modified else ""
@@ -93,6 +98,8 @@ def list_complete(store: ObjectStore) -> list[Listed]:
         # The same id twice (a re-made backup): the newest prefix wins, as in find_backup.
         if previous is None or previous.prefix.timestamp <= listed.prefix.timestamp:
             found[listed.backup_id] = listed
+    found = {k: dataclasses.replace(v, stored_bytes=data_bytes.get(str(v.prefix), 0))
+             for k, v in found.items()}
     return sorted(found.values(), key=lambda x: (x.prefix.volume_id, x.prefix.timestamp,
                                                  x.backup_id))
 
@@ -226,7 +233,9 @@ class Cataloguer:
             record = dataclasses.replace(
                 base, chain=(*(r.backup_id for r in chain_records), item.backup_id),
                 size=chain[0].covered_size, object_count=len(metadata.objects),
-                stored_bytes=sum(o.length for o in metadata.objects))
+                own_bytes=sum(o.length for o in metadata.objects),
+                stored_bytes=item.stored_bytes,
+                codecs=tuple(sorted({o.compression for o in metadata.objects})))
             record = await self._write(record, chain, [r.seq for r in chain_records])
         except (FormatError, ObjectMissing) as exc:
             record = dataclasses.replace(base, status=STATUS_BROKEN, error=str(exc))

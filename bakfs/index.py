@@ -45,7 +45,7 @@ from bakfs.errors import BackupNotFound, IndexCorrupt
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = b"bakfs-index-1"
+SCHEMA_VERSION = b"bakfs-index-2"  # 2: own_bytes, stored_bytes, codecs
 MAP_SIZE = 1 << 40  # address space only; the file grows as needed
 BATCH_ROWS = 20_000
 
@@ -123,12 +123,15 @@ class BackupRecord:
     error: str | None = None
     object_count: int = 0
     extent_count: int = 0
-    stored_bytes: int = 0  # plain bytes of this backup's own objects
+    own_bytes: int = 0  # plain (uncompressed) bytes of this backup's own data objects
+    stored_bytes: int = 0  # what those objects occupy in the store (after compression)
+    codecs: tuple[str, ...] = ()  # the compression of its own objects, e.g. ("zstd",)
     zero_objects: int = 0
 
     def to_json(self) -> bytes:
         doc = dataclasses.asdict(self)
         doc["chain"] = list(self.chain)
+        doc["codecs"] = list(self.codecs)
         return json.dumps(doc, sort_keys=True).encode()
 
     @classmethod
@@ -136,6 +139,7 @@ class BackupRecord:
         try:
             doc = json.loads(raw)
             doc["chain"] = tuple(doc["chain"])
+            doc["codecs"] = tuple(doc["codecs"])
             return cls(**doc)
         except (ValueError, TypeError, KeyError) as exc:
             raise IndexCorrupt(f"unreadable backup record in the index: {exc}") from None
