@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "it: nothing is committed).")
     umount.add_argument("mountpoint", metavar="MOUNTPOINT")
     umount.add_argument("--force", action="store_true",
-                        help="unmount even while backups are being written (they are abandoned)")
+                        help="unmount even while backups are being written (they are "
+                             "abandoned, earlier backups untouched) or files are open")
 
     tsm = commands.add_parser(
         "tsm", help="backups kept in IBM Spectrum Protect (TSM) through dsmc",

@@ -92,3 +92,7 @@ class IndexCorrupt(BakfsError):
 
 class BackupNotFound(BakfsError):
     """No complete backup with the given id exists in the store."""
+
+
+class OutOfOrderWrite(BakfsError):
+    """A write into incoming/ that is not at the end of what was written so far."""

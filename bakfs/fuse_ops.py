@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import pyfuse3
 
 from bakfs.cinder import naming
-from bakfs.errors import BakfsError, FormatError
-from bakfs.incoming import OutOfOrderWrite
+from bakfs.errors import BakfsError, FormatError, OutOfOrderWrite
 from bakfs.locking import VolumeBusy
 from bakfs.tree import ROOT_INODE, Node
 
@@ -208,11 +207,11 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def flush(self, fh: int) -> None:
-        await self.service.finish(fh)
+        await self.service.finish(fh, closing=True)
 
     @_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self.service.finish(fh)
+        await self.service.finish(fh, closing=False)
 
     @_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import uuid
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from bakfs.backup_cmd import plan_backup
 from bakfs.backup_engine import BackupFailed, BackupSink
 from bakfs.config import Config
 from bakfs.discovery import BackupRef
-from bakfs.errors import BakfsError
+from bakfs.errors import BakfsError, OutOfOrderWrite
 from bakfs.locking import VolumeLease
 from bakfs.store.base import ObjectStore
 from bakfs.tsm.catalog import TsmRecord
@@ -32,10 +33,6 @@ from bakfs.tsm.runner import DsmcRunner
 log = logging.getLogger(__name__)
 
 PF_EXITING = 0x4
-
-
-class OutOfOrderWrite(BakfsError):
-    """A write that is not at the end of what was written so far."""
 
 
 class WriterKilled(BakfsError):
@@ -53,6 +50,25 @@ def process_killed(pid: int) -> bool:
     flags = int(fields[6])  # field 9 of stat(5); fields[0] is field 3
     exit_code = int(fields[49]) if len(fields) > 49 else 0  # field 52
     return bool(flags & PF_EXITING) and bool(exit_code & 0x7F)
+
+
+def holds_open(pid: int, path: str) -> bool:
+    """True when process `pid` still has `path` open. A flush is sent for every close of
+    any descriptor of the file: while the writer holds one, a flush comes from a copy
+    closing (a child forked by the writer closing it at exec or exit), not from the end of
+    the writing. Unknown (no /proc access) counts as not held."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            if os.readlink(f"{fd_dir}/{name}") == path:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 class _WriterState:

@@ -13,6 +13,7 @@ the TSM staging manager, counters. It knows nothing of pyfuse3 (see `fuse_ops`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import itertools
@@ -31,7 +32,6 @@ import trio
 
 from bakfs.config import Config
 from bakfs.errors import BakfsError
-from bakfs.incoming import IncomingBackup, TsmIncomingBackup
 from bakfs.index import BackupRecord
 from bakfs.locking import VolumeBusy
 from bakfs.store.base import ObjectStore
@@ -39,6 +39,7 @@ from bakfs.tree import METRICS, ROOT_INODE, Node, Tree
 from bakfs.tsm.staging import StagingManager
 
 if TYPE_CHECKING:
+    from bakfs.incoming import IncomingBackup, TsmIncomingBackup
     from bakfs.reader import Engine
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,11 @@ class MountService:
 
     # -- catalog ---------------------------------------------------------------------------
 
-    async def refresh(self) -> None:
-        """Show backups made elsewhere (and drop deleted ones)."""
-        await self.engine.refresh()
+    async def refresh(self, *, list_store: bool = True) -> None:
+        """Show backups made elsewhere (and drop deleted ones). `list_store=False` builds
+        the tree from the index as it is (just listed, at start)."""
+        if list_store:
+            await self.engine.refresh()
         records = [r for r in await self.engine.list_backups() if r.status == "ok"]
         from bakfs.tsm.catalog import list_records
 
@@ -184,6 +187,9 @@ class MountService:
             holder = f" (pid {current.writer_pid})" if current is not None else ""
             raise VolumeBusy(f"incoming/{volume_id} is already being written{holder}")
         assert self.nursery is not None
+        # the backup engine is imported when the first backup is written, not at start-up
+        from bakfs.incoming import IncomingBackup, TsmIncomingBackup
+
         self.writers[volume_id] = None  # type: ignore[assignment]  # claim the name now
         writer: IncomingBackup | TsmIncomingBackup
         try:
@@ -213,14 +219,21 @@ class MountService:
             await self._end_writer(writer, "a write failed")
             raise
 
-    async def finish(self, fh: int) -> None:
-        """Commit at the first flush (close) or fsync after data was written, so close()
+    async def finish(self, fh: int, *, closing: bool) -> None:
+        """Commit at the writer's close (flush) or fsync after data was written, so close()
         reports a failed backup to the writer. A flush with nothing written yet is not the
-        end: dd and shells close a duplicate descriptor right after opening."""
+        end (dd and shells close a duplicate descriptor right after opening), nor is one
+        while the writer still holds the file (a child it forked closing its copy)."""
+        from bakfs.incoming import holds_open
+
         handle = self.handles.get(fh)
         writer = handle.writer if handle else None
         if writer is None or (writer.written == 0 and not writer.done):
             return
+        if closing and not writer.done and self.mountpoint is not None:
+            path = str(self.mountpoint / "incoming" / writer.volume_id)
+            if await trio.to_thread.run_sync(holds_open, writer.writer_pid, path):
+                return
         if writer.done:  # a later flush or fsync: the same outcome again, counted once
             await writer.finish()
             return
@@ -337,7 +350,9 @@ def _record_xattrs(record: BackupRecord, served: int) -> dict[str, str]:
             "user.bakfs.parent_id": record.parent_id or "",
             "user.bakfs.chain": ",".join(record.chain),
             "user.bakfs.created": record.created_at,
-            "user.bakfs.own_bytes": str(record.stored_bytes),  # plain bytes of its objects
+            "user.bakfs.own_bytes": str(record.own_bytes),  # plain bytes of its objects
+            "user.bakfs.stored_bytes": str(record.stored_bytes),  # their size in the store
+            "user.bakfs.codec": ",".join(record.codecs),
             "user.bakfs.objects": str(record.object_count),
             "user.bakfs.status": record.status,
             "user.bakfs.prefix": record.prefix,
@@ -456,7 +471,8 @@ async def _serve_store(config: Config, store: ObjectStore, mountpoint: Path,
     async with open_engine(config, store) as engine:
         tree = Tree(time.time())
         service = MountService(config, engine, tree)
-        await service.refresh()
+        # a new index was filled from the store by open_engine: no second listing
+        await service.refresh(list_store=engine.last_refresh == float("-inf"))
         service.mountpoint = mountpoint
         operations = Operations(service)
         options = set(pyfuse3.default_options)
@@ -544,17 +560,25 @@ def run_umount(mountpoint: str, *, force: bool, timeout: float = 60.0) -> int:
     if writers and not force:
         raise MountError(f"{mountpoint}: {writers} backup(s) are being written into incoming/; "
                          "wait for them, or use --force to abandon them (nothing is committed)")
-    result = subprocess.run(["fusermount3", "-u", *(["-z"] if force else []), str(path)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise MountError(f"fusermount3 could not unmount {mountpoint}: "
-                         f"{result.stderr.strip()}")
+    if force:
+        # What SIGTERM does: backups in flight are abandoned (nothing is committed, their
+        # writers' next call fails), then the daemon detaches the mount even if files are
+        # open; fusermount -z alone would leave the daemon serving those open files.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    else:
+        result = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            raise MountError(f"fusermount3 could not unmount {mountpoint}: "
+                             f"{result.stderr.strip()} (--force unmounts with files open)")
     deadline = time.monotonic() + timeout
     while process_alive(pid):
         if time.monotonic() > deadline:
-            raise MountError(f"unmounted, but the daemon (pid {pid}) did not exit in "
-                             f"{timeout:.0f} s")
+            raise MountError(f"the daemon (pid {pid}) did not exit in {timeout:.0f} s")
         time.sleep(0.05)
+    if os.path.ismount(path):  # the daemon died without unmounting
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
     print(f"unmounted {mountpoint}")
     return 0
 

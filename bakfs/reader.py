@@ -136,7 +136,7 @@ class Engine:
         self._ahead_bytes = 0
         self._ahead_keys: set[str] = set()
         self._refresh_lock = trio.Lock()
-        self._last_refresh = float("-inf")
+        self.last_refresh = float("-inf")  # monotonic time the index was last listed
 
     # -- catalog ---------------------------------------------------------------------------
 
@@ -144,7 +144,7 @@ class Engine:
         """Bring the index in step with the store (one at a time)."""
         async with self._refresh_lock:
             result = await catalog.refresh(self.store, self.index, self.bridge)
-            self._last_refresh = time.monotonic()
+            self.last_refresh = time.monotonic()
             self._pages.clear()
             self._records.clear()
             return result
@@ -163,7 +163,7 @@ class Engine:
         if record is not None:
             return record
         record = await self.bridge.run_index(self.index.get_backup, backup_id)
-        if record is None and time.monotonic() - self._last_refresh > REFRESH_AFTER_MISS:
+        if record is None and time.monotonic() - self.last_refresh > REFRESH_AFTER_MISS:
             await self.refresh()
             record = await self.bridge.run_index(self.index.get_backup, backup_id)
         if record is None:

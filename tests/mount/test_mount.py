@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -97,6 +98,14 @@ def test_browse_and_restore_a_chain_with_dd(env: dict[str, str], tmp_path: Path,
         assert int(os.getxattr(path, "user.bakfs.bytes_served")) >= SIZE
     chain = os.getxattr(mount.path / "vol-a" / names[-2], "user.bakfs.chain").decode()
     assert chain.split(",") == ids
+    # codec and stored bytes as `bakfs ls` reports them from its own listing of the store
+    listed = json.loads(_bakfs(env, "ls", "vol-a", "--json").stdout)
+    assert len(listed) == len(ids)
+    for entry, name in zip(listed, names[:-1], strict=True):
+        path = mount.path / "vol-a" / name
+        assert os.getxattr(path, "user.bakfs.codec").decode().split(",") == entry["codecs"]
+        assert set(entry["codecs"]) <= {"zstd", "none"}  # none: random data did not shrink
+        assert int(os.getxattr(path, "user.bakfs.stored_bytes")) == entry["stored_bytes"] > 0
     assert (mount.path / "vol-b" / "latest").read_bytes() == _versions(2)[0]
     status = (mount.path / ".status").read_text()
     assert "bytes served:" in status and "read errors: 0" in status
@@ -232,7 +241,8 @@ def test_a_corrupt_object_fails_its_range_with_eio_and_the_mount_stays_up(
     assert "read errors: 0" not in (mount.path / ".status").read_text()
 
 
-def test_daemon_mode_umount_and_a_stale_mount(env: dict[str, str], tmp_path: Path) -> None:
+def test_daemon_mode_umount_and_a_stale_mount(env: dict[str, str], tmp_path: Path,
+                                              s3_store: S3Store) -> None:
     path = tmp_path / "mnt"
     path.mkdir()
     log = tmp_path / "daemon.log"
@@ -248,6 +258,25 @@ def test_daemon_mode_umount_and_a_stale_mount(env: dict[str, str], tmp_path: Pat
         assert _bakfs(env, "umount", str(path)).returncode == 0
         assert not os.path.ismount(path)
         assert not process_alive(pid)  # gone (or a zombie waiting for init to reap it)
+        assert len(find_backups(s3_store, "vol-u")) == 1  # committed at the close above
+        # --force with a backup in flight: abandoned, the writer told, nothing committed
+        forced = _bakfs(env, "mount", str(path), "--log", str(log))
+        assert forced.returncode == 0, forced.stderr
+        pid = int(os.getxattr(path, "user.bakfs.pid"))
+        fd = os.open(path / "incoming" / "vol-f", os.O_WRONLY | os.O_CREAT)
+        try:
+            os.write(fd, b"y" * 300000)
+            result = _bakfs(env, "umount", "--force", str(path))
+            assert result.returncode == 0, result.stderr
+            assert not os.path.ismount(path) and not process_alive(pid)
+            with pytest.raises(OSError) as info:
+                os.write(fd, b"y" * 4096)
+            assert info.value.errno == errno.ENOTCONN
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        assert find_backups(s3_store, "vol-f") == []
+        assert find_backups(s3_store, "vol-u") != []  # the earlier backup is untouched
         again = _bakfs(env, "mount", str(path), "--log", str(log))
         assert again.returncode == 0
         os.kill(int(os.getxattr(path, "user.bakfs.pid")), signal.SIGKILL)
@@ -358,3 +387,20 @@ def test_fsync_then_close_commits_once(env: dict[str, str], tmp_path: Path, s3_s
     assert result.returncode == 0, result.stderr
     assert len(find_backups(s3_store, "vol-fs")) == 1
     assert re.search(r"^backups committed: 1$", (mount.path / ".status").read_text(), re.M)
+
+
+def test_a_child_closing_its_copy_does_not_end_the_backup(
+        env: dict[str, str], s3_store: S3Store,
+        start_mount: Callable[[dict[str, str]], Mount]) -> None:
+    mount = start_mount(env)
+    fd = os.open(mount.path / "incoming" / "vol-c", os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, b"a" * 200000)
+        # the forked child closes its copy of fd at exec: the kernel sends a flush
+        subprocess.run(["true"], check=True)
+        assert find_backups(s3_store, "vol-c") == []
+        os.write(fd, b"b" * 100000)
+    finally:
+        os.close(fd)
+    assert len(find_backups(s3_store, "vol-c")) == 1
+    assert (mount.path / "vol-c" / "latest").read_bytes() == b"a" * 200000 + b"b" * 100000
