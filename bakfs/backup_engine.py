@@ -91,7 +91,8 @@ class PreparedObject:
     length: int
     stored: bytes | memoryview
     compression: str
-    md5: str
+    md5: str  # hex, of the plain bytes (what `_metadata` records)
+    stored_md5: bytes | None  # digest of `stored` when known here (stored raw), else None
 
 
 def prepare_window(window: bytes | memoryview, index: int, options: S3Options,
@@ -110,12 +111,17 @@ def prepare_window(window: bytes | memoryview, index: int, options: S3Options,
     prepared = []
     for start, end in runs:
         if zero:
-            stored, recorded, md5 = _zero_object(end - start, options.compression)
+            stored, recorded, md5, stored_md5 = _zero_object(end - start, options.compression)
         else:
-            plain = view[start:end]
+            # the whole window as it is when it is one run: stored raw, it needs no copy
+            whole = start == 0 and end == len(window) and isinstance(window, bytes)
+            plain = window if whole else view[start:end]
             stored, recorded = codec.compress(plain, options.compression)
-            md5 = codec.md5_hex(plain)
-        prepared.append(PreparedObject(base + start, end - start, stored, recorded, md5))
+            digest = codec.md5_digest(plain)
+            md5 = digest.hex()
+            stored_md5 = digest if stored is plain else None  # the upload hashes it
+        prepared.append(PreparedObject(base + start, end - start, stored, recorded, md5,
+                                       stored_md5))
     return hashes, prepared
 
 
@@ -139,10 +145,10 @@ def _zero_digests(length: int, block: int) -> Digests:
 
 
 @functools.lru_cache(maxsize=16)
-def _zero_object(length: int, algorithm: str) -> tuple[bytes | memoryview, str, str]:
+def _zero_object(length: int, algorithm: str) -> tuple[bytes | memoryview, str, str, bytes]:
     zeros = _zeros(length)
     stored, recorded = codec.compress(zeros, algorithm)
-    return stored, recorded, codec.md5_hex(zeros)
+    return stored, recorded, codec.md5_hex(zeros), codec.md5_digest(stored)
 
 
 def window_budget(options: S3Options) -> int:
@@ -294,8 +300,9 @@ class BackupSink:
             self._turns.pop(index, None)
             for key, item in keyed:
                 self._attempted.append(key)
-                await trio.to_thread.run_sync(self.store.put, key, item.stored,
-                                              limiter=self._s3)
+                await trio.to_thread.run_sync(
+                    functools.partial(self.store.put, key, item.stored, md5=item.stored_md5),
+                    limiter=self._s3)
                 self.stats.objects += 1
                 self.stats.bytes_changed += item.length
                 self.stats.bytes_uploaded += len(item.stored)

@@ -63,7 +63,7 @@ def write_backup(store: ObjectStore, source: BinaryIO, volume_id: str, options: 
                                                  options, parent_hashes)
         for item in prepared:
             key = naming.object_name(prefix, len(entries) + 1)
-            store.put(key, item.stored)
+            store.put(key, item.stored, md5=item.stored_md5)
             entries.append(ObjectEntry(key, item.offset, item.length, item.compression,
                                        item.md5))
         hashes.append(window_hashes)

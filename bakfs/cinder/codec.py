@@ -107,6 +107,11 @@ def md5_hex(data: bytes | memoryview) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+def md5_digest(data: bytes | memoryview) -> bytes:
+    """Raw MD5 of data (hex() of it is `md5_hex`); also the Content-MD5 of an upload."""
+    return hashlib.md5(data, usedforsecurity=False).digest()
+
+
 def verify(data: bytes | memoryview, length: int, md5: str, key: str) -> None:
     """Fail unless decoded data has the recorded length and md5: wrong bytes are never served."""
     if len(data) != length:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bakfs.errors import (
     AlreadyExists,
+    ChecksumMismatch,
     IntegrityError,
     ObjectMissing,
     StoreError,
@@ -68,10 +69,14 @@ class LocalStore:
         return self.path.joinpath(*parts)
 
     def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False,
-            if_match: str | None = None) -> None:
+            if_match: str | None = None, md5: bytes | None = None) -> None:
         target = self._file(key)
         temp = target.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
-        digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        actual = hashlib.md5(data, usedforsecurity=False).digest()
+        if md5 is not None and md5 != actual:  # as S3 answers a wrong Content-MD5
+            raise ChecksumMismatch(f"{self.description}: {key}: the data does not have the "
+                                   "md5 given with it (BadDigest)", key)
+        digest = actual.hex()
         try:
             if not self.path.is_dir():
                 raise ObjectMissing(f"{self.description} does not exist", key)

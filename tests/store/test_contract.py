@@ -1,11 +1,12 @@
 """One contract, two stores: the embedded local store and S3 on radosgw behave alike."""
 
+import hashlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bakfs.errors import AlreadyExists, ObjectMissing
+from bakfs.errors import AlreadyExists, ChecksumMismatch, ObjectMissing
 from bakfs.store.base import ObjectStore
 
 
@@ -25,6 +26,18 @@ def test_put_get_head_and_ranges(store: ObjectStore) -> None:
     assert info.key == key and info.size == 10 and info.last_modified is not None
     store.put(key, memoryview(b"replaced"))
     assert store.get(key) == b"replaced"
+
+
+def test_a_given_md5_is_what_the_store_checks(store: ObjectStore) -> None:
+    """The backup engine hands over the md5 it already computed: a right one stores, a
+    wrong one is refused (S3: BadDigest against the Content-MD5) and nothing is stored."""
+    key = "volume_v/20260101000000/az_nova_backup_b-00002"
+    store.put(key, b"payload", md5=hashlib.md5(b"payload").digest())
+    assert store.get(key) == b"payload"
+    with pytest.raises(ChecksumMismatch):
+        store.put(key + "x", b"payload", md5=hashlib.md5(b"other").digest())
+    with pytest.raises(ObjectMissing):
+        store.get(key + "x")
 
 
 def test_missing_objects_raise_object_missing(store: ObjectStore) -> None:
