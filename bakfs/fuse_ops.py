@@ -128,6 +128,9 @@ class Operations(pyfuse3.Operations):
             node = self._node(parent_inode)
             return self.attributes(self._node(node.parent or ROOT_INODE))
         node = self.tree.lookup(parent_inode, text)
+        if node is None and not self.service.listed.is_set():
+            await self.service.wait_listed()  # the store may have it: wait for its listing
+            node = self.tree.lookup(parent_inode, text)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.attributes(node)
@@ -148,6 +151,7 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if not self._node(inode).is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        await self.service.wait_listed()  # a listing shows the store, not only the index
         return inode
 
     @_errors

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -34,13 +35,14 @@ from bakfs.config import Config
 from bakfs.errors import BakfsError
 from bakfs.index import BackupRecord
 from bakfs.locking import VolumeBusy
-from bakfs.store.base import ObjectStore
 from bakfs.tree import METRICS, ROOT_INODE, Node, Tree
 from bakfs.tsm.staging import StagingManager
 
 if TYPE_CHECKING:
     from bakfs.incoming import IncomingBackup, TsmIncomingBackup
     from bakfs.reader import Engine
+    from bakfs.store.opening import OpeningStore
+    from bakfs.tsm.catalog import TsmRecord
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ class MountService:
         self.mountpoint: Path | None = None
         self.staging: StagingManager | None = None  # reads of TSM-held backups
         self.staging_error: str | None = None
+        self.tsm_records: list[TsmRecord] = []  # as last listed
+        self.listed = trio.Event()  # the store has been listed once since the start
         self._tuned = False
         self._fh = itertools.count(1)
 
@@ -95,19 +99,21 @@ class MountService:
 
     # -- catalog ---------------------------------------------------------------------------
 
-    async def refresh(self, *, list_store: bool = True) -> None:
+    async def refresh(self, *, list_store: bool = True, list_index: bool = True) -> None:
         """Show backups made elsewhere (and drop deleted ones). `list_store=False` builds
-        the tree from the index as it is (just listed, at start)."""
+        the tree from the index as it is, without the store; `list_index=False` lists only
+        the TSM records (the index was just listed)."""
         if list_store:
-            await self.engine.refresh()
-        records = [r for r in await self.engine.list_backups() if r.status == "ok"]
-        from bakfs.tsm.catalog import list_records
+            if list_index:
+                await self.engine.refresh()
+            from bakfs.tsm.catalog import list_records
 
-        tsm_records = await trio.to_thread.run_sync(list_records, self.store)
+            self.tsm_records = await trio.to_thread.run_sync(list_records, self.store)
+        records = [r for r in await self.engine.list_backups() if r.status == "ok"]
         # Directory entries are cached by the kernel for DIR_TIMEOUT seconds only and
         # listings never, so changes show without invalidation calls (which can deadlock
         # when made while the kernel waits on a request for the same inode).
-        self.tree.sync(records, tsm_records)
+        self.tree.sync(records, self.tsm_records)
         self.counters.refreshes += 1
         if self.nursery is not None:
             self.nursery.start_soon(self.measure_held)
@@ -129,6 +135,24 @@ class MountService:
                 log.warning("cannot measure %s: %s", node.name, exc)
                 continue
             node.held = sum(s.length for s in spans if s.kind == KIND_DATA)
+
+    async def first_listing(self, *, index_listed: bool) -> None:
+        """At start, after the mount is up: list the store (the index's view was shown
+        meanwhile). Until this ends, a name the tree lacks waits for it (`wait_listed`)."""
+        try:
+            await self.refresh(list_index=not index_listed)
+        except BakfsError as exc:
+            log.warning("cannot list %s (%s): showing the %d backups the index knows, "
+                        "serving what the cache holds; retrying every %s s",
+                        self.store.description, exc,
+                        sum(n.kind == "backup" for n in self.tree.nodes.values()),
+                        self.config.index.refresh_interval)
+        finally:
+            self.listed.set()
+
+    async def wait_listed(self) -> None:
+        if not self.listed.is_set():
+            await self.listed.wait()
 
     async def refresh_loop(self) -> None:
         while True:
@@ -450,18 +474,18 @@ def _daemonize(log_path: Path) -> int | Callable[[str], None]:
 
 async def _serve(config: Config, mountpoint: Path, fuse_options: list[str],
                  notify: Callable[[str], None]) -> None:
-    from bakfs.store import open_store
+    from bakfs.store import open_store_in_background
 
-    store = await trio.to_thread.run_sync(open_store, config)
+    # The store (boto3, its client, the bucket check) opens in a thread: with an index that
+    # knows the backups, the mount is up before the store is (a new index waits for it).
+    store = open_store_in_background(config)
     try:
-        # a fresh store has no bucket yet: create it (if allowed) so the mount starts empty
-        await trio.to_thread.run_sync(store.ensure_bucket)
         await _serve_store(config, store, mountpoint, fuse_options, notify)
     finally:
         store.close()
 
 
-async def _serve_store(config: Config, store: ObjectStore, mountpoint: Path,
+async def _serve_store(config: Config, store: OpeningStore, mountpoint: Path,
                        fuse_options: list[str], notify: Callable[[str], None]) -> None:
     import pyfuse3
 
@@ -471,8 +495,10 @@ async def _serve_store(config: Config, store: ObjectStore, mountpoint: Path,
     async with open_engine(config, store) as engine:
         tree = Tree(time.time())
         service = MountService(config, engine, tree)
-        # a new index was filled from the store by open_engine: no second listing
-        await service.refresh(list_store=engine.last_refresh == float("-inf"))
+        # the tree as the index knows it; a new index was just filled from the store by
+        # open_engine (the store is open then); the store is listed once the mount is up
+        index_listed = engine.last_refresh != float("-inf")
+        await service.refresh(list_store=False)
         service.mountpoint = mountpoint
         operations = Operations(service)
         options = set(pyfuse3.default_options)
@@ -486,9 +512,12 @@ async def _serve_store(config: Config, store: ObjectStore, mountpoint: Path,
             async with trio.open_nursery() as nursery:
                 service.nursery = nursery
                 await _start_staging(service, nursery)
+                nursery.start_soon(functools.partial(service.first_listing,
+                                                     index_listed=index_listed))
                 nursery.start_soon(service.refresh_loop)
                 nursery.start_soon(_terminate_on_signal)
                 notify("ready")
+                store.start()  # if no request has needed it yet
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
         except BaseException:

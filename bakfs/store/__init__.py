@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bakfs.config import Config
 from bakfs.store.base import ObjectInfo, ObjectStore
 
-__all__ = ["ObjectInfo", "ObjectStore", "open_store"]
+if TYPE_CHECKING:
+    from bakfs.store.opening import OpeningStore
+
+__all__ = ["ObjectInfo", "ObjectStore", "describe_store", "open_store", "open_store_in_background"]
 
 
 def open_store(config: Config) -> ObjectStore:
@@ -20,3 +24,28 @@ def open_store(config: Config) -> ObjectStore:
 
     return LocalStore(Path(config.local.path), config.s3.bucket,
                       create_bucket=config.s3.create_bucket)
+
+
+def describe_store(config: Config) -> str:
+    """The configured store's description (as its `description` says it), without opening
+    it."""
+    if config.uses_s3:
+        return f"S3 bucket {config.s3.bucket} at {config.s3.endpoint_url}"
+    return f"local store {Path(config.local.path) / config.s3.bucket}"
+
+
+def open_store_in_background(config: Config) -> OpeningStore:
+    """The configured store, opened (and its bucket checked or created) in a thread from
+    its first call or `start()` on, while the caller goes on. See `bakfs.store.opening`."""
+    from bakfs.store.opening import OpeningStore
+
+    def opener() -> ObjectStore:
+        store = open_store(config)
+        try:
+            store.ensure_bucket()  # a fresh store has no bucket yet: create it (if allowed)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    return OpeningStore(opener, describe_store(config))

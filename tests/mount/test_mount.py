@@ -404,3 +404,38 @@ def test_a_child_closing_its_copy_does_not_end_the_backup(
         os.close(fd)
     assert len(find_backups(s3_store, "vol-c")) == 1
     assert (mount.path / "vol-c" / "latest").read_bytes() == b"a" * 200000 + b"b" * 100000
+
+
+def test_a_mount_with_a_known_index_comes_up_while_the_store_is_away(
+        env: dict[str, str], tmp_path: Path,
+        start_mount: Callable[[dict[str, str]], Mount]) -> None:
+    """The index and cache outlive a mount: the next mount shows the backups and serves
+    the cached bytes before the store answers (or while it cannot), and still shows what
+    the store gained meanwhile as soon as it can list it."""
+    from tests.mount.proxy import TcpProxy
+
+    versions = _versions(8)
+    first_id, = _backup_chain(env, tmp_path, "vol-w", versions[:1])
+    with TcpProxy(env["BAKFS_S3_ENDPOINT_URL"]) as proxy:
+        proxied = {**env, "BAKFS_S3_ENDPOINT_URL": proxy.url,
+                   "BAKFS_S3_RETRY_MAX_ATTEMPTS": "2", "BAKFS_S3_TIMEOUT": "3"}
+        first = start_mount(proxied)
+        assert (first.path / "vol-w" / "latest").read_bytes() == versions[0]  # now cached
+        # bakfs umount waits for the daemon to exit, so its cache writes are on disk
+        assert _bakfs(proxied, "umount", str(first.path)).returncode == 0
+
+        proxy.stop()
+        away = start_mount(proxied)
+        names = sorted(os.listdir(away.path / "vol-w"))
+        assert [n.split("Z-", 1)[-1] for n in names] == [first_id, "latest"]
+        assert (away.path / "vol-w" / "latest").read_bytes() == versions[0]
+        assert "cannot list" in away.log_text()
+        unmount(away.path, away.process)
+
+        second_id, = _backup_chain(env, tmp_path, "vol-w", versions[1:2])  # not via the proxy
+        proxy.start()
+        back = start_mount(proxied)
+        # the index does not know the new backup: the listing waits for the store's
+        names = sorted(os.listdir(back.path / "vol-w"))
+        assert [n.split("Z-", 1)[-1] for n in names] == [first_id, second_id, "latest"]
+        assert (back.path / "vol-w" / "latest").read_bytes() == versions[1]
