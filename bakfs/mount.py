@@ -3,8 +3,10 @@ handlers.
 
 Order of start: check the mountpoint (clean a stale mount left by a crashed daemon) →
 daemonize unless --foreground (fork before trio, threads or boto3 exist; the parent waits on
-a pipe for "ready" or the reason of failure) → open the read engine and refresh the catalog →
-pyfuse3.init → ready → serve until unmounted or SIGTERM/SIGINT → abandon unfinished incoming
+a pipe for "ready" or the reason of failure) → open the read engine (a new index is filled
+from the store first; a known one is not) → the tree from the index → pyfuse3.init → ready →
+open the store in the background and list it (lookups of unknown names and listings wait for
+that first listing) → serve until unmounted or SIGTERM/SIGINT → abandon unfinished incoming
 backups (nothing committed) → unmount.
 
 `MountService` holds the state the handlers share: the tree, open handles, incoming writers,
