@@ -158,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="unmount even while backups are being written (they are "
                              "abandoned, earlier backups untouched) or files are open")
 
+    refresh = commands.add_parser(
+        "refresh", help="make a running mount show backups made elsewhere, now",
+        description="List the store now in the bakfs mount at MOUNTPOINT, so backups made by "
+                    "other gateways or by Cinder appear without waiting for the next "
+                    "automatic refresh (index.refresh_interval). Returns when they are "
+                    "visible.")
+    refresh.add_argument("mountpoint", metavar="MOUNTPOINT")
+
     tsm = commands.add_parser(
         "tsm", help="backups kept in IBM Spectrum Protect (TSM) through dsmc",
         description="Back up to, list, restore and delete backups kept in IBM Spectrum "

@@ -46,6 +46,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         from bakfs.mount import run_umount
 
         return run_umount(args.mountpoint, force=args.force)
+    if args.command == "refresh":
+        from bakfs.mount import run_refresh
+
+        return run_refresh(args.mountpoint)
     if args.command == "restore":
         from bakfs.restore import run_restore
 

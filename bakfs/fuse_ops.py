@@ -57,6 +57,9 @@ def _errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
+REFRESH_XATTR = b"user.bakfs.refresh"
+
+
 class Operations(pyfuse3.Operations):
     """Backups as read-only files, `incoming/` as a write-only backup sink."""
 
@@ -237,6 +240,15 @@ class Operations(pyfuse3.Operations):
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value.encode()
+
+    @_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        """Only one: `user.bakfs.refresh` on the root lists the store now (`bakfs refresh`);
+        the reply waits for it, so the new backups are there when setxattr returns."""
+        if inode != ROOT_INODE or name != REFRESH_XATTR:
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        await self.service.refresh()
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:

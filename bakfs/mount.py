@@ -579,6 +579,27 @@ async def _terminate_on_signal() -> None:
             return
 
 
+def run_refresh(mountpoint: str) -> int:
+    """Make a running mount list the store now (backups made elsewhere appear at once)."""
+    path = Path(mountpoint)
+    if not os.path.ismount(path):
+        raise MountError(f"{mountpoint} is not mounted")
+    try:
+        os.getxattr(path, "user.bakfs.pid")
+    except OSError:
+        raise MountError(f"{mountpoint} is not a bakfs mount") from None
+    try:
+        os.setxattr(path, "user.bakfs.refresh", b"1")
+    except OSError as exc:
+        raise MountError(f"{mountpoint}: the refresh failed ({exc.strerror}); the daemon's log "
+                         "says why") from None
+    volumes = [e for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")
+               and e.name != "incoming"]
+    backups = sum(1 for v in volumes for e in os.scandir(v.path) if e.name != "latest")
+    print(f"refreshed {mountpoint}: {backups} backups of {len(volumes)} volumes")
+    return 0
+
+
 def run_umount(mountpoint: str, *, force: bool, timeout: float = 60.0) -> int:
     path = Path(mountpoint)
     if not os.path.ismount(path):

@@ -439,3 +439,24 @@ def test_a_mount_with_a_known_index_comes_up_while_the_store_is_away(
         names = sorted(os.listdir(back.path / "vol-w"))
         assert [n.split("Z-", 1)[-1] for n in names] == [first_id, second_id, "latest"]
         assert (back.path / "vol-w" / "latest").read_bytes() == versions[1]
+
+
+def test_bakfs_refresh_shows_a_backup_made_elsewhere_at_once(
+        env: dict[str, str], tmp_path: Path,
+        start_mount: Callable[[dict[str, str]], Mount]) -> None:
+    mount = start_mount({**env, "BAKFS_INDEX_REFRESH_INTERVAL": "3600"})
+    assert "vol-r" not in os.listdir(mount.path)  # returns after the first listing
+    data = _versions(9)[0]
+    backup_id, = _backup_chain(env, tmp_path, "vol-r", [data])  # another process
+    assert "vol-r" not in os.listdir(mount.path)  # the next automatic refresh is an hour away
+    result = _bakfs(env, "refresh", str(mount.path))
+    assert result.returncode == 0, result.stderr
+    assert "refreshed" in result.stdout and "1 backups of 1 volumes" in result.stdout
+    names = os.listdir(mount.path / "vol-r")
+    assert sorted(n.split("Z-", 1)[-1] for n in names) == [backup_id, "latest"]
+    assert (mount.path / "vol-r" / "latest").read_bytes() == data
+    with pytest.raises(OSError) as info:  # the only attribute that can be set
+        os.setxattr(mount.path / "vol-r" / "latest", "user.bakfs.refresh", b"1")
+    assert info.value.errno == errno.ENOTSUP
+    not_mounted = _bakfs(env, "refresh", str(tmp_path))
+    assert not_mounted.returncode != 0 and "is not mounted" in not_mounted.stderr
