@@ -25,6 +25,17 @@ configuration at all bakfs uses an embedded local store, so every command works 
 """
 
 
+def _accept_config_after_the_command(parser: argparse.ArgumentParser) -> None:
+    """`bakfs mount /mnt --config F` as well as `bakfs --config F mount /mnt`: every
+    command takes --config too (SUPPRESS: unless given there, the global one stands)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                                 help="TOML configuration file (as before the command)")
+                _accept_config_after_the_command(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bakfs", description=DESCRIPTION,
@@ -209,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "first).")
     export.add_argument("backup_id", metavar="BACKUP_ID")
     export.add_argument("--json", action="store_true", help="print the decoded record too")
+    _accept_config_after_the_command(parser)
     return parser
 
 

@@ -44,6 +44,22 @@ def test_config_show_masks_secrets_and_names_sources(tmp_path: Path) -> None:
     assert doc["options"]["s3.block_size"]["source"] == "default"
 
 
+def test_config_file_may_follow_the_command(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.toml", tmp_path / "second.toml"
+    first.write_text('[s3]\nbucket = "from-first"\n')
+    second.write_text('[s3]\nbucket = "from-second"\n')
+    for args, expected in (
+            (("config", "show", "--json", "--config", str(first)), first),
+            (("--config", str(first), "config", "show", "--json"), first),
+            (("--config", str(first), "config", "show", "--json", "--config", str(second)),
+             second)):  # given twice, the one after the command wins
+        result = bakfs(*args)
+        assert result.returncode == 0, result.stderr
+        shown = json.loads(result.stdout)
+        assert shown["file"] == str(expected)
+        assert shown["options"]["s3.bucket"]["value"] == f"from-{expected.stem}"
+
+
 def test_invalid_configuration_is_one_clear_line_and_exit_2() -> None:
     result = bakfs("config", "show", env={"BAKFS_S3_OBJECT_SIZE": "1000"})
     assert result.returncode == 2
