@@ -460,3 +460,35 @@ def test_bakfs_refresh_shows_a_backup_made_elsewhere_at_once(
     assert info.value.errno == errno.ENOTSUP
     not_mounted = _bakfs(env, "refresh", str(tmp_path))
     assert not_mounted.returncode != 0 and "is not mounted" in not_mounted.stderr
+
+
+def test_a_killed_daemon_leaves_no_backup_and_the_earlier_one_intact(
+        env: dict[str, str], tmp_path: Path, s3_store: S3Store,
+        start_mount: Callable[[dict[str, str]], Mount]) -> None:
+    versions = _versions(10)
+    first_id, = _backup_chain(env, tmp_path, "vol-k", versions[:1])
+    mount = start_mount(env)
+    target = mount.path / "incoming" / "vol-k"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, versions[1][:2 * 1024 * KiB])
+        deadline = time.monotonic() + 30
+        while int(os.getxattr(target, "user.bakfs.uploaded")) == 0:  # objects in the store
+            assert time.monotonic() < deadline, "nothing uploaded in 30 s"
+            time.sleep(0.05)
+        mount.process.kill()
+        mount.process.wait(timeout=30)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    unmount(mount.path, None)  # what the crashed daemon left
+    assert [b.backup_id for b in find_backups(s3_store, "vol-k")] == [first_id]
+    gc = _bakfs(env, "gc", "vol-k", "--json")
+    orphans = json.loads(gc.stdout)["orphans"]
+    assert len(orphans) == 1 and orphans[0]["objects"]  # the half backup, found
+    restored = tmp_path / "restored"
+    assert _bakfs(env, "restore", first_id, str(restored)).returncode == 0
+    assert restored.read_bytes() == versions[0]
+    # the dead daemon's lease on the volume does not block the next backup
+    second_id, = _backup_chain(env, tmp_path, "vol-k", versions[1:2])
+    assert [b.backup_id for b in find_backups(s3_store, "vol-k")] == [first_id, second_id]
