@@ -221,14 +221,19 @@ class Index:
         path = Path(path)
         reason: str | None = None
         env: lmdb.Environment | None = None
-        if path.exists():
+        if path.is_dir() and not (path / "data.mdb").exists():
+            reason = "it was empty"  # made ahead by the user or a tool: nothing to warn about
+        elif path.exists():
             try:
                 env = cls._open_env(path)
                 with env.begin() as txn:
-                    schema = txn.get(b"schema", db=env.open_db(b"meta", txn=txn))
+                    meta = env.open_db(b"meta", txn=txn, create=False)
+                    schema = txn.get(b"schema", db=meta)
                 if schema != SCHEMA_VERSION:
                     reason = (f"schema {schema!r} is not {SCHEMA_VERSION!r}" if schema
                               else "it has no schema mark")
+            except lmdb.NotFoundError:
+                reason = "it has no schema mark"
             except lmdb.Error as exc:
                 reason = f"LMDB cannot open it ({exc})"
             if reason is not None:

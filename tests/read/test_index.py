@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import lmdb
 import pytest
 import trio
 
@@ -100,6 +101,23 @@ def test_corrupt_or_foreign_index_is_rebuilt(
     reason, got = trio.run(read_all)
     assert reason is not None and SCHEMA_VERSION.decode() in reason
     assert got == chain.images[1]
+
+
+def test_an_empty_or_markless_directory_is_taken_quietly_or_with_the_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    empty = tmp_path / "made-ahead"
+    empty.mkdir()
+    index = Index.open(empty)
+    index.close()
+    assert index.rebuilt == "it was empty" and not caplog.records  # nothing to warn about
+    foreign = tmp_path / "foreign"
+    env = lmdb.open(str(foreign), max_dbs=2)
+    env.open_db(b"theirs")
+    env.close()
+    index = Index.open(foreign)
+    index.close()
+    assert index.rebuilt == "it has no schema mark"
+    assert "no schema mark; rebuilding" in caplog.text and "Permission" not in caplog.text
 
 
 def test_rebuild_from_nothing_via_cli(rgw: S3Server, s3_store: S3Store, tmp_path: Path,
