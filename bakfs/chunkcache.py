@@ -20,6 +20,11 @@ Protocol (docs/read-engine.md has the long form):
   object larger than the bound is served but not kept.
 * LRU: the in-memory mirror (`_disk`, oldest first) is the order; last-use ticks of hits are
   written to LMDB in batches, so a restart keeps a close approximation of it.
+* Files are trusted only once checked: a file this process did not write is read whole and
+  its md5 compared with its key before any byte of it is served (once per process; then
+  ranges are read directly). A damaged file is deleted and the object fetched again, so a
+  bit flipped on the cache disk, or a file changed while bakfs was not running, is never
+  served.
 
 Async, over `bakfs.blocking`: store GETs in s3 threads, decompression and md5 in cpu threads,
 files in disk threads, the LMDB bookkeeping in index threads. Knows nothing of FUSE or of the
@@ -72,6 +77,7 @@ class CacheStats:
     joined: int = 0  # reads that waited for another reader's fetch
     disk_writes: int = 0
     evictions: int = 0
+    damaged: int = 0  # cache files whose bytes no longer matched their md5
 
 
 class _Flight:
@@ -108,6 +114,7 @@ class ChunkCache:
         self._memory: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._memory_used = 0
         self._disk: collections.OrderedDict[str, int] = collections.OrderedDict(entries)
+        self._checked: set[str] = set()  # disk entries whose bytes match their key (see top)
         self._used = sum(self._disk.values())
         self._writing: set[str] = set()
         self._pending: dict[str, bytes] = {}  # verified bytes waiting for their disk write
@@ -171,7 +178,7 @@ class ChunkCache:
         in memory."""
         key = obj.cache_key
         data = self._memory_get(key)
-        if data is None and key not in self._flights and key in self._disk:
+        if data is None and key not in self._flights and key in self._checked:
             part: bytes | bytearray | None = self._pread_nowait(key, start, end)
             if part is None:
                 part, fd = await self.bridge.run_disk(self._pread, key, start, end)
@@ -204,11 +211,16 @@ class ChunkCache:
                 continue  # the fetcher was cancelled: try again
             if key in self._disk:
                 data = await self.bridge.run_disk(self._read_file, key)
-                if data is not None and len(data) == obj.length:
+                if data is not None and len(data) == obj.length and (
+                        key in self._checked
+                        or await self.bridge.run_cpu(codec.md5_hex, data) == obj.md5.lower()):
+                    self._checked.add(key)
                     self.stats.disk_hits += 1
                     self._touch(key)
                     self._memory_put(key, data)
                     return data
+                if data is not None:
+                    await self._drop_damaged(key)
                 self._forget_disk(key)
                 continue  # state may have changed during the await
             return await self._fetch(obj, key)
@@ -329,7 +341,20 @@ class ChunkCache:
         except FileNotFoundError:
             return None
 
+    async def _drop_damaged(self, key: str) -> None:
+        """A cache file whose bytes are not its object's: deleted, fetched again."""
+        size = self._disk.get(key)
+        if size is None:
+            return
+        log.warning("chunk cache: %s does not hold the bytes its name promises (damaged on "
+                    "disk?); deleted, the object is fetched again", self._file(key))
+        self.stats.damaged += 1
+        self._forget_disk(key)
+        await self.bridge.run_index(self._unrecord_sync, [(key, size)])
+        await self.bridge.run_disk(self._remove_sync, [(key, size)])
+
     def _forget_disk(self, key: str) -> None:
+        self._checked.discard(key)
         self._close_fd(key)
         size = self._disk.pop(key, None)
         if size is not None:
@@ -391,6 +416,7 @@ class ChunkCache:
                 while self._used - freed + size > self.max_size and self._disk:
                     victim = next(iter(self._disk))
                     victims.append((victim, self._disk.pop(victim)))
+                    self._checked.discard(victim)
                     self._close_fd(victim)  # its space is freed when the file goes
                     freed += victims[-1][1]
                 if victims:
@@ -414,6 +440,7 @@ class ChunkCache:
                 log.warning("chunk cache: cannot keep %s: %s", key, exc)
                 return
             self._disk[key] = size
+            self._checked.add(key)  # written here from verified bytes
             self.stats.disk_writes += 1
         finally:
             self._writing.discard(key)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
+import pytest
 import trio
 
 from bakfs.config import Config
@@ -142,3 +143,35 @@ def test_readahead_grows_for_sequential_readers_and_resets_on_random(
 
     trio.run(main)
     assert set(counting.data_gets().values()) == {1}
+
+
+def test_a_damaged_cache_file_is_never_served(
+        s3_store: S3Store, counting: CountingStore, engine_config: Callable[..., Config],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A byte changed in a cache file between two runs (bit rot, a stray write): the next
+    run checks the file before serving from it, deletes it and fetches the object again."""
+    chain = write_chain(s3_store, make_versions(SIZE, 1, seed=43), "vol-d")
+    config = engine_config()
+
+    async def read(offset: int, size: int) -> tuple[bytes, int, int]:
+        async with open_engine(config, counting) as engine:
+            data = await engine.read(chain.ids[0], offset, size)
+            return data, engine.cache.stats.damaged, engine.cache.stats.disk_hits
+
+    assert trio.run(read, 0, SIZE)[0] == chain.images[0]
+    files = sorted((Path(config.cache.path) / "objects").rglob("*-*"), key=lambda p: p.name)
+    victim = next(f for f in files if f.stat().st_size == OBJECT)
+    with open(victim, "r+b") as f:  # flip one bit in the middle
+        f.seek(OBJECT // 2)
+        byte = f.read(1)
+        f.seek(OBJECT // 2)
+        f.write(bytes([byte[0] ^ 1]))
+    before = sum(counting.data_gets().values())
+    data, damaged, hits = trio.run(read, 0, SIZE)
+    assert data == chain.images[0]
+    assert damaged == 1 and hits > 0  # the others still served from disk
+    assert sum(counting.data_gets().values()) == before + 1  # only the damaged one again
+    assert "does not hold the bytes its name promises" in caplog.text
+    # a small read inside another object is checked just the same before it is served
+    data, damaged, _hits = trio.run(read, OBJECT // 2, 4096)
+    assert data == chain.images[0][OBJECT // 2:OBJECT // 2 + 4096] and damaged == 0
