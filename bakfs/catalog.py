@@ -42,7 +42,6 @@ from bakfs.index import (
     ZERO_DIGESTS,
     BackupRecord,
     Index,
-    ObjectRef,
 )
 from bakfs.store.base import ObjectStore
 
@@ -251,8 +250,7 @@ class Cataloguer:
                      ancestor_seqs: list[int]) -> BackupRecord:
         seq = await self.bridge.run_index(self.index.begin_backup, record)
         rows, own_zero = await self.bridge.run_cpu(extent_rows, chain, [*ancestor_seqs, seq])
-        objects = [ObjectRef(o.name, o.offset, o.length, o.compression, o.md5)
-                   for o in chain[-1].objects]
+        objects = list(chain[-1].objects)
         for start in range(0, len(objects), BATCH_ROWS):
             await self.bridge.run_index(self.index.add_objects, seq, start,
                                         objects[start:start + BATCH_ROWS])

@@ -28,7 +28,7 @@ Protocol (docs/read-engine.md has the long form):
 
 Async, over `bakfs.blocking`: store GETs in s3 threads, decompression and md5 in cpu threads,
 files in disk threads, the LMDB bookkeeping in index threads. Knows nothing of FUSE or of the
-chunk index's schema; it sees an object only as an `ObjectRef`.
+chunk index's schema; it sees an object only as an `ObjectEntry`.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ import trio
 
 from bakfs.blocking import Bridge, plain_errors
 from bakfs.cinder import codec
+from bakfs.cinder.metadata import ObjectEntry
 from bakfs.errors import BakfsError
-from bakfs.index import ObjectRef
 from bakfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class _Flight:
         self.error: BakfsError | None = None
 
 
-def decode_object(body: bytes, obj: ObjectRef) -> bytes:
+def decode_object(body: bytes, obj: ObjectEntry) -> bytes:
     """Plain bytes of a fetched object, or IntegrityError naming it (CPU work)."""
     plain = codec.decompress(body, obj.compression, obj.length, obj.name)
     codec.verify(plain, obj.length, obj.md5, obj.name)
@@ -163,17 +163,17 @@ class ChunkCache:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def has(self, obj: ObjectRef) -> bool:
+    def has(self, obj: ObjectEntry) -> bool:
         """Whether reading `obj` needs no new fetch (cached or being fetched)."""
         key = obj.cache_key
         return (key in self._memory or key in self._disk or key in self._flights
                 or key in self._pending)
 
-    async def read(self, obj: ObjectRef, start: int, end: int) -> bytes:
+    async def read(self, obj: ObjectEntry, start: int, end: int) -> bytes:
         """Bytes [start, end) of the object's verified plain data."""
         return bytes(await self.view(obj, start, end))
 
-    async def view(self, obj: ObjectRef, start: int, end: int) -> memoryview:
+    async def view(self, obj: ObjectEntry, start: int, end: int) -> memoryview:
         """[start, end) of the object's verified plain data, without copying it when it is
         in memory."""
         key = obj.cache_key
@@ -193,7 +193,7 @@ class ChunkCache:
             data = await self.get(obj)
         return memoryview(data)[start:end]
 
-    async def get(self, obj: ObjectRef) -> bytes:
+    async def get(self, obj: ObjectEntry) -> bytes:
         """The object's whole verified plain data, fetched at most once at a time."""
         key = obj.cache_key
         while True:
@@ -225,14 +225,14 @@ class ChunkCache:
                 continue  # state may have changed during the await
             return await self._fetch(obj, key)
 
-    async def prefetch(self, obj: ObjectRef) -> None:
+    async def prefetch(self, obj: ObjectEntry) -> None:
         """Make sure the object is cached (read-ahead); errors surface on the real read."""
         if self.has(obj):
             return
         with contextlib.suppress(BakfsError):
             await self.get(obj)
 
-    async def _fetch(self, obj: ObjectRef, key: str) -> bytes:
+    async def _fetch(self, obj: ObjectEntry, key: str) -> bytes:
         flight = _Flight()
         self._flights[key] = flight
         try:

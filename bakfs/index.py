@@ -41,6 +41,7 @@ from typing import Any
 
 import lmdb
 
+from bakfs.cinder.metadata import ObjectEntry
 from bakfs.errors import BackupNotFound, IndexCorrupt
 
 log = logging.getLogger(__name__)
@@ -67,22 +68,6 @@ NO_OWNER = 0xFFFFFFFF
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ObjectRef:
-    """One data object as the reader needs it."""
-
-    name: str
-    offset: int
-    length: int
-    compression: str
-    md5: str
-
-    @property
-    def cache_key(self) -> str:
-        """Content address: equal md5 and length mean equal verified bytes."""
-        return f"{self.md5}-{self.length}"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class Span:
     """A range of a backup's volume: served by [object_offset, +length) of `obj` (kind data),
     or zeros (kind hole or zero, obj None for holes)."""
@@ -90,7 +75,7 @@ class Span:
     offset: int
     length: int
     kind: int
-    obj: ObjectRef | None
+    obj: ObjectEntry | None
     object_offset: int
 
     @property
@@ -340,7 +325,7 @@ class Index:
             if not ok or bytes(cursor.key()) != start_key:
                 # the span covering `offset` starts before it: step back one
                 ok = cursor.prev() if ok else cursor.last()
-            objects: dict[tuple[int, int], ObjectRef] = {}
+            objects: dict[tuple[int, int], ObjectEntry] = {}
             extra = 0
             while ok and bytes(cursor.key()[:4]) == seq:
                 span = self._span(txn, cursor.key(), cursor.value(), objects)
@@ -360,7 +345,7 @@ class Index:
         return record, spans
 
     def _span(self, txn: lmdb.Transaction, key: bytes, value: bytes,
-              objects: dict[tuple[int, int], ObjectRef]) -> Span:
+              objects: dict[tuple[int, int], ObjectEntry]) -> Span:
         try:
             _seq, offset = _EXT_KEY.unpack(key)
             length, kind, owner, n, object_offset = _EXT_VAL.unpack(value)
@@ -393,7 +378,7 @@ class Index:
             txn.put(_volume_key(record), b"", db=self._volumes)
         return seq
 
-    def add_objects(self, seq: int, first_n: int, objects: Sequence[ObjectRef]) -> None:
+    def add_objects(self, seq: int, first_n: int, objects: Sequence[ObjectEntry]) -> None:
         with self.env.begin(write=True) as txn:
             for i, obj in enumerate(objects):
                 txn.put(_OBJ_KEY.pack(seq, first_n + i), _encode_object(obj),
@@ -452,13 +437,13 @@ class Index:
         return deleted > 0
 
 
-def _encode_object(obj: ObjectRef) -> bytes:
+def _encode_object(obj: ObjectEntry) -> bytes:
     codec = obj.compression.encode()
     return (_OBJ_VAL.pack(obj.offset, obj.length, bytes.fromhex(obj.md5), len(codec))
             + codec + obj.name.encode())
 
 
-def _decode_object(raw: bytes) -> ObjectRef:
+def _decode_object(raw: bytes) -> ObjectEntry:
     try:
         offset, length, md5, codec_len = _OBJ_VAL.unpack_from(raw)
         start = _OBJ_VAL.size
@@ -466,4 +451,4 @@ def _decode_object(raw: bytes) -> ObjectRef:
         name = raw[start + codec_len:].decode()
     except (struct.error, UnicodeDecodeError) as exc:
         raise IndexCorrupt(f"unreadable object row: {exc}") from None
-    return ObjectRef(name, offset, length, codec, md5.hex())
+    return ObjectEntry(name, offset, length, codec, md5.hex())

@@ -35,9 +35,10 @@ import trio
 from bakfs import catalog
 from bakfs.blocking import Bridge, plain_errors
 from bakfs.chunkcache import ChunkCache
+from bakfs.cinder.metadata import ObjectEntry
 from bakfs.config import Config
 from bakfs.errors import BackupNotFound, BakfsError, IndexCorrupt
-from bakfs.index import KIND_DATA, BackupRecord, Index, ObjectRef, Span
+from bakfs.index import KIND_DATA, BackupRecord, Index, Span
 from bakfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,7 @@ class Engine:
             self.stats.readahead_scheduled += 1
             self._nursery.start_soon(self._fetch_ahead, obj)
 
-    async def _fetch_ahead(self, obj: ObjectRef) -> None:
+    async def _fetch_ahead(self, obj: ObjectEntry) -> None:
         try:
             await self.cache.prefetch(obj)
         finally:

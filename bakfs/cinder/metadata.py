@@ -22,9 +22,10 @@ FORMAT_VERSION = "1.0.0"
 _ABSENT = object()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ObjectEntry:
-    """One data object: where its plain bytes go in the volume and how they are stored."""
+    """One data object: where its plain bytes go in the volume and how they are stored (the
+    format's entry, and what the index and the cache know of an object)."""
 
     name: str
     offset: int
@@ -35,6 +36,11 @@ class ObjectEntry:
     @property
     def end(self) -> int:
         return self.offset + self.length
+
+    @property
+    def cache_key(self) -> str:
+        """Content address: equal md5 and length mean equal verified bytes."""
+        return f"{self.md5}-{self.length}"
 
     def to_json(self) -> dict[str, dict[str, Any]]:
         return {self.name: {"compression": self.compression, "length": self.length,

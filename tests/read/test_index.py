@@ -14,6 +14,7 @@ import trio
 from bakfs import cli
 from bakfs.blocking import Bridge, Limiters
 from bakfs.catalog import open_index, refresh
+from bakfs.cinder.metadata import ObjectEntry
 from bakfs.config import Config
 from bakfs.index import (
     KIND_DATA,
@@ -23,7 +24,6 @@ from bakfs.index import (
     ZERO_DIGESTS,
     BackupRecord,
     Index,
-    ObjectRef,
 )
 from bakfs.reader import open_engine
 from bakfs.store.s3 import S3Store
@@ -195,7 +195,7 @@ def test_lookup_in_a_one_tib_map(tmp_path: Path) -> None:
         batch = 20_000
         for start in range(0, count, batch):
             n = min(batch, count - start)
-            index.add_objects(seq, start, [ObjectRef(f"obj-{i:06d}", i * obj, obj, "zstd",
+            index.add_objects(seq, start, [ObjectEntry(f"obj-{i:06d}", i * obj, obj, "zstd",
                                                      f"{i:032x}") for i in range(start,
                                                                                 start + n)])
             index.add_extents(seq, [(i * obj, obj, KIND_HOLE if i % 7 == 0 else KIND_DATA,
