@@ -214,7 +214,8 @@ class ChunkCache:
                 if data is not None and len(data) == obj.length and (
                         key in self._checked
                         or await self.bridge.run_cpu(codec.md5_hex, data) == obj.md5.lower()):
-                    self._checked.add(key)
+                    if key in self._disk:  # not evicted meanwhile: `_checked` stays within it
+                        self._checked.add(key)
                     self.stats.disk_hits += 1
                     self._touch(key)
                     self._memory_put(key, data)
