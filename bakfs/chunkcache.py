@@ -37,6 +37,7 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import itertools
 import logging
 import mmap
 import os
@@ -114,6 +115,11 @@ class ChunkCache:
         self._memory: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._memory_used = 0
         self._disk: collections.OrderedDict[str, int] = collections.OrderedDict(entries)
+        # Which disk entry of a key a reader saw: a read that fails after an await forgets
+        # that entry only, not a newer one written under the same key meanwhile (forgetting
+        # it would drop its bytes from `_used` while its file stays: the bound would break).
+        self._entry_numbers = itertools.count(1)
+        self._entry: dict[str, int] = {key: next(self._entry_numbers) for key in self._disk}
         self._checked: set[str] = set()  # disk entries whose bytes match their key (see top)
         self._used = sum(self._disk.values())
         self._writing: set[str] = set()
@@ -179,6 +185,7 @@ class ChunkCache:
         key = obj.cache_key
         data = self._memory_get(key)
         if data is None and key not in self._flights and key in self._checked:
+            entry = self._entry.get(key)
             part: bytes | bytearray | None = self._pread_nowait(key, start, end)
             if part is None:
                 part, fd = await self.bridge.run_disk(self._pread, key, start, end)
@@ -188,7 +195,7 @@ class ChunkCache:
                 self.stats.disk_hits += 1
                 self._touch(key)
                 return memoryview(part)
-            self._forget_disk(key)
+            self._forget_disk(key, entry)
         if data is None:
             data = await self.get(obj)
         return memoryview(data)[start:end]
@@ -210,6 +217,7 @@ class ChunkCache:
                     raise flight.error
                 continue  # the fetcher was cancelled: try again
             if key in self._disk:
+                entry = self._entry.get(key)
                 data = await self.bridge.run_disk(self._read_file, key)
                 if data is not None and len(data) == obj.length and (
                         key in self._checked
@@ -221,8 +229,8 @@ class ChunkCache:
                     self._memory_put(key, data)
                     return data
                 if data is not None:
-                    await self._drop_damaged(key)
-                self._forget_disk(key)
+                    await self._drop_damaged(key, entry)
+                self._forget_disk(key, entry)
                 continue  # state may have changed during the await
             return await self._fetch(obj, key)
 
@@ -342,21 +350,28 @@ class ChunkCache:
         except FileNotFoundError:
             return None
 
-    async def _drop_damaged(self, key: str) -> None:
+    async def _drop_damaged(self, key: str, entry: int | None) -> None:
         """A cache file whose bytes are not its object's: deleted, fetched again."""
         size = self._disk.get(key)
-        if size is None:
+        if size is None or self._entry.get(key) != entry:
             return
         log.warning("chunk cache: %s does not hold the bytes its name promises (damaged on "
                     "disk?); deleted, the object is fetched again", self._file(key))
         self.stats.damaged += 1
-        self._forget_disk(key)
-        await self.bridge.run_index(self._unrecord_sync, [(key, size)])
+        self._checked.discard(key)
+        # the file goes while its entry stands, so no new file of this key is written (and
+        # then deleted) meanwhile
         await self.bridge.run_disk(self._remove_sync, [(key, size)])
+        await self.bridge.run_index(self._unrecord_sync, [(key, size)])
+        self._forget_disk(key, entry)
 
-    def _forget_disk(self, key: str) -> None:
+    def _forget_disk(self, key: str, entry: int | None = None) -> None:
+        """Drop the disk entry of `key` (only if it is still `entry`, when given)."""
+        if entry is not None and self._entry.get(key) != entry:
+            return
         self._checked.discard(key)
         self._close_fd(key)
+        self._entry.pop(key, None)
         size = self._disk.pop(key, None)
         if size is not None:
             self._used -= size
@@ -417,6 +432,7 @@ class ChunkCache:
                 while self._used - freed + size > self.max_size and self._disk:
                     victim = next(iter(self._disk))
                     victims.append((victim, self._disk.pop(victim)))
+                    self._entry.pop(victim, None)
                     self._checked.discard(victim)
                     self._close_fd(victim)  # its space is freed when the file goes
                     freed += victims[-1][1]
@@ -441,6 +457,7 @@ class ChunkCache:
                 log.warning("chunk cache: cannot keep %s: %s", key, exc)
                 return
             self._disk[key] = size
+            self._entry[key] = next(self._entry_numbers)
             self._checked.add(key)  # written here from verified bytes
             self.stats.disk_writes += 1
         finally:
