@@ -489,15 +489,24 @@ class ChunkCache:
         for key, _size in victims:
             self._file(key).unlink(missing_ok=True)
 
-    def disk_usage(self) -> int:
-        """Bytes of cached object files on disk now (blocking; for tests and stats)."""
-        total = 0
-        for sub in ("objects", "tmp"):
+    async def disk_usage(self) -> int:
+        """Bytes of cached object files on disk (for tests and stats). Measured while no
+        eviction or reservation can run: a walk of the directories is not atomic, and one
+        that saw an evicted file before a new one appeared would count both. Files only
+        appear for reservations already made, and a file renamed from `tmp/` while it is
+        walked is counted once (by inode)."""
+        async with self._room:
+            return await self.bridge.run_disk(self._disk_usage_sync)
+
+    def _disk_usage_sync(self) -> int:
+        seen: dict[int, int] = {}
+        for sub in ("tmp", "objects"):
             for root, _dirs, files in os.walk(self.path / sub):
                 for name in files:
                     with contextlib.suppress(FileNotFoundError):
-                        total += os.stat(os.path.join(root, name)).st_size
-        return total
+                        st = os.stat(os.path.join(root, name))
+                        seen[st.st_ino] = st.st_size
+        return sum(seen.values())
 
 
 _ALIGN = 4096
