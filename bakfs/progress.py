@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Progress:
@@ -15,6 +17,8 @@ class Progress:
     def __init__(self, description: str, total: int | None, enabled: bool = True) -> None:
         self._bar: tqdm[None] | None = None
         if enabled and sys.stderr.isatty():
+            from tqdm import tqdm  # only for a terminal: the mount and scripts never load it
+
             self._bar = tqdm(total=total, desc=description, unit="B", unit_scale=True,
                              unit_divisor=1024, dynamic_ncols=True, file=sys.stderr,
                              mininterval=0.5)
