@@ -616,6 +616,11 @@ def run_umount(mountpoint: str, *, force: bool, timeout: float = 60.0) -> int:
         # What SIGTERM does: backups in flight are abandoned (nothing is committed, their
         # writers' next call fails), then the daemon detaches the mount even if files are
         # open; fusermount -z alone would leave the daemon serving those open files.
+        if not _is_bakfs_mount_process(pid):
+            raise MountError(f"{mountpoint}: its daemon (pid {pid}) is not a bakfs mount "
+                             "process seen from here (another PID namespace?); nothing was "
+                             "signalled. Stop it where it runs, or: fusermount3 -u -z "
+                             f"{mountpoint}")
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     else:
@@ -633,6 +638,17 @@ def run_umount(mountpoint: str, *, force: bool, timeout: float = 60.0) -> int:
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
     print(f"unmounted {mountpoint}")
     return 0
+
+
+def _is_bakfs_mount_process(pid: int) -> bool:
+    """Whether `pid`, as this process sees it, runs `bakfs ... mount` (a pid read from a
+    mount's xattr belongs to the daemon's PID namespace, which may not be ours)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [os.fsdecode(a) for a in f.read().split(b"\0") if a]
+    except OSError:
+        return False
+    return "mount" in argv and any("bakfs" in a for a in argv)
 
 
 def process_alive(pid: int) -> bool:

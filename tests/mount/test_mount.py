@@ -492,3 +492,19 @@ def test_a_killed_daemon_leaves_no_backup_and_the_earlier_one_intact(
     # the dead daemon's lease on the volume does not block the next backup
     second_id, = _backup_chain(env, tmp_path, "vol-k", versions[1:2])
     assert [b.backup_id for b in find_backups(s3_store, "vol-k")] == [first_id, second_id]
+
+
+def test_umount_force_signals_only_a_bakfs_mount_process() -> None:
+    """The daemon pid comes from the mount's xattr, in the daemon's PID namespace: --force
+    signals it only if, seen from here, it is a bakfs mount process."""
+    from bakfs.mount import _is_bakfs_mount_process
+
+    assert not _is_bakfs_mount_process(os.getpid())  # pytest, not a mount
+    lookalike = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                  "bakfs", "mount"])
+    try:
+        assert _is_bakfs_mount_process(lookalike.pid)
+    finally:
+        lookalike.kill()
+        lookalike.wait()
+    assert not _is_bakfs_mount_process(lookalike.pid)  # gone
