@@ -21,7 +21,7 @@ import pyfuse3
 from bakfs.cinder import naming
 from bakfs.errors import BakfsError, FormatError, OutOfOrderWrite
 from bakfs.locking import VolumeBusy
-from bakfs.tree import ROOT_INODE, Node
+from bakfs.tree import REFRESH_XATTR, ROOT_INODE, Node
 
 if TYPE_CHECKING:
     from bakfs.mount import MountService
@@ -55,9 +55,6 @@ def _errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             log.exception("unexpected error in %s", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
-
-
-REFRESH_XATTR = b"user.bakfs.refresh"
 
 
 class Operations(pyfuse3.Operations):
@@ -246,7 +243,7 @@ class Operations(pyfuse3.Operations):
                        ctx: pyfuse3.RequestContext) -> None:
         """Only one: `user.bakfs.refresh` on the root lists the store now (`bakfs refresh`);
         the reply waits for it, so the new backups are there when setxattr returns."""
-        if inode != ROOT_INODE or name != REFRESH_XATTR:
+        if inode != ROOT_INODE or os.fsdecode(name) != REFRESH_XATTR:
             raise pyfuse3.FUSEError(errno.ENOTSUP)
         await self.service.refresh()
 

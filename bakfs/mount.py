@@ -37,7 +37,7 @@ from bakfs.config import Config
 from bakfs.errors import BakfsError
 from bakfs.index import BackupRecord
 from bakfs.locking import VolumeBusy
-from bakfs.tree import METRICS, ROOT_INODE, Node, Tree
+from bakfs.tree import METRICS, REFRESH_XATTR, ROOT_INODE, Node, Tree
 from bakfs.tsm.staging import StagingManager
 
 if TYPE_CHECKING:
@@ -579,17 +579,22 @@ async def _terminate_on_signal() -> None:
             return
 
 
-def run_refresh(mountpoint: str) -> int:
-    """Make a running mount list the store now (backups made elsewhere appear at once)."""
+def _daemon_of(mountpoint: str) -> tuple[Path, int]:
+    """The mount's path and its daemon's pid; MountError unless it is a running bakfs mount."""
     path = Path(mountpoint)
     if not os.path.ismount(path):
         raise MountError(f"{mountpoint} is not mounted")
     try:
-        os.getxattr(path, "user.bakfs.pid")
+        return path, int(os.getxattr(path, "user.bakfs.pid"))
     except OSError:
         raise MountError(f"{mountpoint} is not a bakfs mount") from None
+
+
+def run_refresh(mountpoint: str) -> int:
+    """Make a running mount list the store now (backups made elsewhere appear at once)."""
+    path, _pid = _daemon_of(mountpoint)
     try:
-        os.setxattr(path, "user.bakfs.refresh", b"1")
+        os.setxattr(path, REFRESH_XATTR, b"1")
     except OSError as exc:
         raise MountError(f"{mountpoint}: the refresh failed ({exc.strerror}); the daemon's log "
                          "says why") from None
@@ -601,11 +606,8 @@ def run_refresh(mountpoint: str) -> int:
 
 
 def run_umount(mountpoint: str, *, force: bool, timeout: float = 60.0) -> int:
-    path = Path(mountpoint)
-    if not os.path.ismount(path):
-        raise MountError(f"{mountpoint} is not mounted")
+    path, pid = _daemon_of(mountpoint)
     try:
-        pid = int(os.getxattr(path, "user.bakfs.pid"))
         writers = int(os.getxattr(path, "user.bakfs.writers"))
     except OSError:
         raise MountError(f"{mountpoint} is not a bakfs mount") from None

@@ -28,6 +28,7 @@ INCOMING = "incoming"
 STATUS = ".status"
 METRICS = ".metrics"
 LATEST = "latest"
+REFRESH_XATTR = "user.bakfs.refresh"  # set on the root: the mount lists the store now
 
 Kind = Literal["dir", "backup", "link", "status", "incoming_dir", "incoming"]
 

@@ -55,10 +55,6 @@ class OpeningStore:
         finally:
             self._ready.set()
 
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
-
     def wait(self) -> ObjectStore:
         """The open store (blocking until it is), or the error that opening it raised."""
         self.start()
