@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bakfs.config import Config
-from bakfs.store.base import ObjectInfo, ObjectStore
+from bakfs.store.base import ObjectInfo, ObjectStore, describe_local, describe_s3
 
 if TYPE_CHECKING:
     from bakfs.store.opening import OpeningStore
@@ -30,8 +30,8 @@ def describe_store(config: Config) -> str:
     """The configured store's description (as its `description` says it), without opening
     it."""
     if config.uses_s3:
-        return f"S3 bucket {config.s3.bucket} at {config.s3.endpoint_url}"
-    return f"local store {Path(config.local.path) / config.s3.bucket}"
+        return describe_s3(config.s3.bucket, config.s3.endpoint_url)
+    return describe_local(Path(config.local.path) / config.s3.bucket)
 
 
 def open_store_in_background(config: Config) -> OpeningStore:

@@ -62,3 +62,13 @@ class ObjectStore(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+def describe_s3(bucket: str, endpoint: str | None) -> str:
+    """How messages name an S3 store (also before its client exists)."""
+    return f"S3 bucket {bucket} at {endpoint}"
+
+
+def describe_local(path: object) -> str:
+    """How messages name the embedded local store."""
+    return f"local store {path}"

@@ -30,7 +30,7 @@ from bakfs.errors import (
     StoreRefused,
     StoreUnreachable,
 )
-from bakfs.store.base import ObjectInfo
+from bakfs.store.base import ObjectInfo, describe_local
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class LocalStore:
 
     @property
     def description(self) -> str:
-        return f"local store {self.path}"
+        return describe_local(self.path)
 
     def ensure_bucket(self) -> None:
         if self.path.is_dir():

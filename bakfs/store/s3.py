@@ -35,7 +35,7 @@ from bakfs.errors import (
     StoreRefused,
     StoreUnreachable,
 )
-from bakfs.store.base import ObjectInfo
+from bakfs.store.base import ObjectInfo, describe_s3
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class S3Store:
 
     @property
     def description(self) -> str:
-        return f"S3 bucket {self.bucket} at {self.endpoint}"
+        return describe_s3(self.bucket, self.endpoint)
 
     def ensure_bucket(self) -> None:
         try:
