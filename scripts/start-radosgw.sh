@@ -4,6 +4,8 @@
 # bakfs's tests, demo and benchmark use it as their real S3 server: unlike moto it enforces
 # Content-MD5, SSE-C, SigV4 credentials and conditional PUT (see docs/testing.md).
 # Runs the daemons directly (no systemd needed), as root, everything under $RGW_DIR.
+# A cluster whose daemons were killed (a reboot, a stopped sandbox) is restarted; one that does
+# not serve again within a few minutes is replaced by a fresh one: it only holds test data.
 #
 #   sudo ./start-radosgw.sh            # install if needed, bootstrap or restart, print endpoint
 #   sudo ./start-radosgw.sh stop       # stop daemons, keep data (a later start reuses it)
@@ -50,7 +52,18 @@ install_packages() {
   apt-get install -y -q --no-install-recommends ceph-mon ceph-osd radosgw curl
 }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A pid file names a live daemon only if that pid still runs a Ceph daemon: after a reboot or a
+# killed sandbox the number may belong to an unrelated process. A zombie counts as gone.
+pid_alive() {
+  local pid comm stat
+  [ -f "$1" ] || return 1
+  pid=$(cat "$1")
+  comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ] || return 1
+  case $comm in ceph-mon|ceph-osd|radosgw) return 0 ;; *) return 1 ;; esac
+}
 
 write_conf() {
   local fsid=$1
@@ -134,14 +147,41 @@ start_rgw() {
   radosgw -c "$CONF" -n client.rgw.a
 }
 
+osd_state() { timeout 10 ceph -c "$CONF" daemon osd.0 status 2>/dev/null | sed -n 's/.*"state": "\(.*\)".*/\1/p'; }
+
+# The OSD's own state, not the osdmap: after an unclean stop the map still shows the dead
+# instance as up until the monitor learns otherwise.
 wait_osd_up() {
   local i
-  for i in $(seq 1 120); do
-    # (no 'ceph ... | grep -q' here: with pipefail, grep -q closing early makes ceph die of SIGPIPE)
-    if [[ "$(ceph_ osd dump 2>/dev/null)" == *$'\nosd.0 up '* ]]; then return 0; fi
+  for i in $(seq 1 "${1:-240}"); do
+    [ "$(osd_state)" = active ] && return 0
+    pid_alive "$RGW_DIR/run/osd.0.pid" || { [ "$i" -gt 20 ] && { log "ceph-osd exited"; return 1; }; }
     sleep 0.25
   done
-  die "osd.0 did not come up; see $RGW_DIR/log/osd.0.log"
+  return 1
+}
+
+# On a restart after an unclean stop (killed daemons, a reboot), the osdmap still lists the dead
+# OSD instance as up. A booting OSD that must first report its fullness (a nearly full store)
+# is then ignored by the monitor until that stale entry times out, 15 min later. Marking the
+# dead instance down first lets the new one boot at once.
+mark_dead_osd_down() {
+  [[ "$(ceph_ osd dump 2>/dev/null)" == *$'\nosd.0 up '* ]] || return 0
+  log "marking the previous (dead) osd.0 instance down"
+  ceph_ osd down 0 >/dev/null 2>&1 || true
+}
+
+# Without a mgr nothing reports usage; the OSD knows. Warn before the store refuses writes.
+warn_if_nearly_full() {
+  local block=$RGW_DIR/osd/ceph-0/block allocated used
+  [ -f "$block" ] || return 0  # memstore
+  allocated=$(timeout 10 ceph -c "$CONF" daemon osd.0 perf dump 2>/dev/null |
+      sed -n 's/.*"bluestore_allocated": \([0-9]*\).*/\1/p') || return 0
+  [ -n "$allocated" ] || return 0
+  used=$((100 * allocated / $(stat -c %s "$block")))
+  if [ "$used" -ge 75 ]; then
+    log "WARNING: the S3 test cluster is ${used}% full (it refuses writes at 95%); delete old buckets or run '$0 purge'"
+  fi
 }
 
 wait_rgw() {
@@ -173,15 +213,26 @@ bootstrap() {
   ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" >"$RGW_DIR/log/osd-mkfs.log" 2>&1 ||
       { cat "$RGW_DIR/log/osd-mkfs.log" >&2; die "osd mkfs failed"; }
   start_osd
-  wait_osd_up
+  wait_osd_up || die "osd.0 did not become active; see $RGW_DIR/log/osd.0.log"
   touch "$RGW_DIR/.bootstrapped"
 }
 
 ensure_user() {
+  local out
   if timeout 60 radosgw-admin -c "$CONF" user info --uid=bakfs >/dev/null 2>&1; then return 0; fi
   log "creating S3 user 'bakfs'"
-  timeout 120 radosgw-admin -c "$CONF" user create --uid=bakfs --display-name="bakfs test user" \
-      --access-key="$RGW_ACCESS_KEY" --secret-key="$RGW_SECRET_KEY" >/dev/null
+  out=$(timeout 120 radosgw-admin -c "$CONF" user create --uid=bakfs --display-name="bakfs test user" \
+      --access-key="$RGW_ACCESS_KEY" --secret-key="$RGW_SECRET_KEY" 2>&1 >/dev/null) ||
+      { log "radosgw-admin user create failed (exit $?): ${out:-no output (timed out?)}"; return 1; }
+}
+
+# Start the daemons of an existing cluster; false if it does not serve within a few minutes.
+restart_existing() {
+  start_mon
+  pid_alive "$RGW_DIR/run/osd.0.pid" || mark_dead_osd_down
+  start_osd
+  wait_osd_up 240 || { log "osd.0 did not become active (state: $(osd_state))"; return 1; }
+  ensure_user
 }
 
 stop_all() {
@@ -210,15 +261,19 @@ case $cmd in
       log "memstore OSD is not running: data is gone, bootstrapping a fresh cluster"
       stop_all; rm -rf "$RGW_DIR"
     fi
-    if [ -f "$RGW_DIR/.bootstrapped" ]; then
-      start_mon; start_osd; wait_osd_up
-    else
+    if [ -f "$RGW_DIR/.bootstrapped" ] && ! restart_existing; then
+      # The cluster is the tests' throw-away S3 server: one that cannot come back is replaced.
+      log "the cluster in $RGW_DIR did not come back (see $RGW_DIR/log); replacing it with a fresh one (its S3 data is lost)"
+      stop_all; rm -rf "$RGW_DIR"
+    fi
+    if [ ! -f "$RGW_DIR/.bootstrapped" ]; then
       rm -rf "$RGW_DIR"; mkdir -p "$RGW_DIR"
       bootstrap
+      ensure_user || die "could not create the S3 user; see $RGW_DIR/log"  # also creates the rgw pools
     fi
-    ensure_user        # also creates the rgw pools on first run
     start_rgw
     wait_rgw
+    warn_if_nearly_full
     t1=$(date +%s.%N)
     log "ready in $(awk "BEGIN{printf \"%.1f\", $t1-$t0}") s"
     echo "S3_ENDPOINT=http://127.0.0.1:$RGW_PORT"

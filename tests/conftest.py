@@ -11,9 +11,11 @@ import os
 import re
 import subprocess
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import botocore.exceptions
 import pytest
 
 from bakfs.config import S3Options, Secret
@@ -62,11 +64,29 @@ def rgw() -> S3Server:
 
 
 @pytest.fixture
-def bucket_name() -> str:
-    return f"bakfs-test-{uuid.uuid4().hex[:12]}"
+def bucket_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh bucket name; the bucket, if the test made one on radosgw, is removed afterwards
+    so that runs sharing one cluster do not fill it."""
+    name = f"bakfs-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    if "rgw" in request.fixturenames:
+        store = S3Store(request.getfixturevalue("rgw").options(name))
+        try:
+            empty_bucket(store)
+        except Exception as exc:  # a failed clean-up must not fail the test
+            warnings.warn(f"could not remove test bucket {name}: {exc}", stacklevel=1)
+        finally:
+            store.close()
 
 
 def empty_bucket(store: S3Store) -> None:
+    """Delete every object and then the bucket itself; a bucket that is not there is fine."""
+    try:
+        store._client.head_bucket(Bucket=store.bucket)
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+            return
+        raise
     for info in list(store.list("")):
         store.delete(info.key)
     store._client.delete_bucket(Bucket=store.bucket)
