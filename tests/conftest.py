@@ -87,8 +87,10 @@ def empty_bucket(store: S3Store) -> None:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
             return
         raise
-    for info in list(store.list("")):
-        store.delete(info.key)
+    keys = [{"Key": info.key} for info in store.list("")]
+    for i in range(0, len(keys), 1000):  # one request per 1000 keys
+        store._client.delete_objects(Bucket=store.bucket,
+                                     Delete={"Objects": keys[i:i + 1000], "Quiet": True})
     store._client.delete_bucket(Bucket=store.bucket)
 
 
