@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true",
                       help="keep the demo's backups in the store (default: remove them)")
     demo.add_argument("--workdir", metavar="DIR",
-                      help="where to put the images (default: a temporary directory)")
+                      help="where to put the images, kept afterwards (default: a temporary "
+                           "directory, removed at the end)")
 
     backup = commands.add_parser(
         "backup", help="back up a file, block device or stdin (full or incremental)",

@@ -109,8 +109,8 @@ def run_demo(config: Config, size: int, keep: bool = False, workdir: str | None 
                             str(mountpoint)], capture_output=True)
         if not keep:
             _remove_demo_backups(store, volume_id)
-            if not workdir:
-                shutil.rmtree(tmp, ignore_errors=True)
+        if not workdir:  # --keep keeps the backups; a work dir of our own always goes
+            shutil.rmtree(tmp, ignore_errors=True)
         store.close()
 
 

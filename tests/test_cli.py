@@ -95,6 +95,8 @@ def test_demo_and_export_record_against_radosgw(rgw: S3Server, bucket_name: str,
     result = bakfs("demo", "--size", "4MiB", "--keep", env=env)
     assert result.returncode == 0, result.stderr
     assert "S3 bucket" in result.stdout and "demo OK" in result.stdout
+    workdir = Path(result.stdout.split("work dir = ")[1].split()[0])
+    assert not workdir.exists()  # --keep keeps the backups, not the images
     check = bakfs("config", "check", env=env)
     assert check.returncode == 0 and "holds 2 complete backups" in check.stdout
     backup_id = result.stdout.split("latest -> ")[1].split("Z-", 1)[1].split()[0]
