@@ -500,14 +500,13 @@ def test_umount_force_signals_only_a_bakfs_mount_process() -> None:
     from bakfs.mount import _is_bakfs_mount_process
 
     assert not _is_bakfs_mount_process(os.getpid())  # pytest, not a mount
-    lookalike = subprocess.Popen([sys.executable, "-c",
-                                  "import time; print('ready', flush=True); time.sleep(60)",
-                                  "bakfs", "mount"], stdout=subprocess.PIPE)
-    try:
-        assert lookalike.stdout is not None
-        assert lookalike.stdout.readline() == b"ready\n"  # exec'd: its own argv is in /proc
-        assert _is_bakfs_mount_process(lookalike.pid)
-    finally:
-        lookalike.kill()
-        lookalike.wait()
+    with subprocess.Popen([sys.executable, "-c",
+                           "import time; print('ready', flush=True); time.sleep(60)",
+                           "bakfs", "mount"], stdout=subprocess.PIPE) as lookalike:
+        try:
+            assert lookalike.stdout is not None
+            assert lookalike.stdout.readline() == b"ready\n"  # exec'd: its argv is in /proc
+            assert _is_bakfs_mount_process(lookalike.pid)
+        finally:
+            lookalike.kill()
     assert not _is_bakfs_mount_process(lookalike.pid)  # gone
