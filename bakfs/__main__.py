@@ -2,6 +2,6 @@
 
 import sys
 
-from bakfs.cli import main
+from bakfs.cli.main import main
 
 sys.exit(main())

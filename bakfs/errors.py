@@ -1,4 +1,5 @@
-"""The errors bakfs raises, as one tree so a caller sees at a glance what it can catch.
+"""The errors bakfs raises, all of them, as one tree so a caller sees at a glance what it can
+catch.
 
     BakfsError                      anything bakfs reports to a user (message, no traceback)
     ├── ConfigError                 an option is missing, unknown or has a bad value
@@ -14,12 +15,35 @@
     │       ├── ChecksumMismatch    the store rejected an upload's Content-MD5 (BadDigest)
     │       └── AlreadyExists       a conditional put found the key already there
     ├── IndexCorrupt                the local index holds what it could not have written
-    └── BackupNotFound              no backup with that id in the store
+    ├── BackupNotFound              no backup with that id in the store
+    ├── VolumeBusy                  another writer holds the volume's lease (exit code 3)
+    ├── LeaseLost                   our lease was taken over while we wrote
+    ├── BackupFailed                a backup could not be completed; nothing was committed
+    │   └── WriterKilled            the process writing into incoming/ died before the end
+    ├── SourceError                 a backup's source cannot be read
+    ├── TargetError                 a restore's target cannot be used or written
+    ├── OutOfOrderWrite             a write into incoming/ that is not at the end so far
+    ├── MountError                  a mount could not be made or undone
+    └── TsmError                    dsmc failed (rc and ANS messages attached)
+        ├── TsmUnreachable          the TSM server cannot be reached (transient)
+        ├── TsmAuthFailed           node or password refused
+        ├── TsmNotFound             the object is not on the TSM server
+        ├── TsmNoSpace              no space on the server or at the destination
+        │   └── StagingNoSpace      the staging area cannot hold the backup now
+        ├── TsmPrompted             dsmc asked a question; bakfs stopped it
+        ├── TsmClientError          dsmc cannot run as configured
+        ├── TsmFailed               any other failure of a dsmc operation
+        ├── TsmSourceError          the source is not a block device or a regular file
+        ├── TsmIntegrityError       restored bytes differ from the recorded size or sha256
+        ├── StagingFailed           a read waited for a staging that failed (`cause` says why)
+        └── StagingBusy             another process owns the staging directory
 
 This module knows nothing of errno or FUSE: the FUSE adapter maps these to errno.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class BakfsError(Exception):
@@ -94,5 +118,106 @@ class BackupNotFound(BakfsError):
     """No complete backup with the given id exists in the store."""
 
 
+class VolumeBusy(BakfsError):
+    """Another writer holds the volume's lease."""
+
+    exit_code = 3
+
+
+class LeaseLost(BakfsError):
+    """Our lease was taken over (we were too slow to renew it)."""
+
+
+class BackupFailed(BakfsError):
+    """The backup could not be completed; nothing was committed."""
+
+
+class WriterKilled(BackupFailed):
+    """The process writing into incoming/ died before it finished."""
+
+
+class SourceError(BakfsError):
+    """The source of a backup cannot be read."""
+
+
+class TargetError(BakfsError):
+    """The restore target cannot be used or written."""
+
+
 class OutOfOrderWrite(BakfsError):
     """A write into incoming/ that is not at the end of what was written so far."""
+
+
+class MountError(BakfsError):
+    """The mount could not be made or undone."""
+
+
+class TsmError(BakfsError):
+    """dsmc failed; `messages` are its ANS lines (never a password), `rc` its exit status
+    (None when it was killed). `transient` says whether trying again later may succeed."""
+
+    transient = False
+
+    def __init__(self, message: str, *, rc: int | None = None,
+                 messages: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.rc = rc
+        self.messages = tuple(messages)
+
+
+class TsmUnreachable(TsmError):
+    """The TSM server could not be reached, or the session was lost (ANS1017E, ANS1809W,
+    ANS0326E, ANS1330S, dsmc killed or timed out)."""
+
+    transient = True
+
+
+class TsmAuthFailed(TsmError):
+    """The server refused our node or password (ANS1025E, ANS1051I, ANS1353E)."""
+
+
+class TsmNotFound(TsmError):
+    """The object is not on the TSM server (ANS1302E, ANS1092W, ANS1345E, ANS4000E)."""
+
+
+class TsmNoSpace(TsmError):
+    """No space: on the server (ANS1329S, ANS1311E) or at the destination (ANS4009E)."""
+
+
+class StagingNoSpace(TsmNoSpace):
+    """The staging area cannot hold the backup now (too small, or full of pinned or running
+    stagings)."""
+
+
+class TsmPrompted(TsmError):
+    """dsmc asked a question on its terminal; bakfs stopped it (a configuration problem:
+    a missing password, an existing destination, a missing -noprompt)."""
+
+
+class TsmClientError(TsmError):
+    """dsmc could not run as configured: binary missing, bad option, bad options file,
+    no server stanza (ANS1107E, ANS1138E, ANS1217E, ANS1036S)."""
+
+
+class TsmFailed(TsmError):
+    """Any other failure of a dsmc operation (its ANS lines are in the message)."""
+
+
+class TsmSourceError(TsmError):
+    """The backup source is neither a block device nor a regular file, or cannot be read."""
+
+
+class TsmIntegrityError(TsmError):
+    """Restored bytes differ from what bakfs recorded at backup time (size or sha256)."""
+
+
+class StagingFailed(TsmError):
+    """A read could not be served because the backup's staging failed; `cause` says why."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class StagingBusy(TsmError):
+    """Another process owns the staging directory."""

@@ -63,10 +63,6 @@ class BackupMetadata:
     extra_metadata: Any = _ABSENT
 
     @property
-    def is_incremental(self) -> bool:
-        return self.parent_id is not None
-
-    @property
     def covered_size(self) -> int:
         """End of the furthest object: the volume size for a full backup."""
         return max((o.end for o in self.objects), default=0)

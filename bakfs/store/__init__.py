@@ -1,15 +1,16 @@
-"""Object stores: S3 (boto3) and the embedded local directory store, behind one interface."""
+"""Object stores: S3 (boto3) and the embedded local directory store, behind one interface
+(`base`), a store opened in the background (`opening`), and the verified decode of data
+objects every reader uses (`decode`). Knows nothing of backups beyond a data object's
+recorded length, md5 and codec."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bakfs.config import Config
 from bakfs.store.base import ObjectInfo, ObjectStore, describe_local, describe_s3
-
-if TYPE_CHECKING:
-    from bakfs.store.opening import OpeningStore
+from bakfs.store.localdir import LocalStore
+from bakfs.store.opening import OpeningStore
 
 __all__ = ["ObjectInfo", "ObjectStore", "describe_store", "open_store", "open_store_in_background"]
 
@@ -17,11 +18,11 @@ __all__ = ["ObjectInfo", "ObjectStore", "describe_store", "open_store", "open_st
 def open_store(config: Config) -> ObjectStore:
     """The store the configuration names: S3 when an endpoint is set, else the local store."""
     if config.uses_s3:
+        # lazy: boto3 and its service model take ~0.4 s to load; the local store and the
+        # mount's start from its index never wait for them
         from bakfs.store.s3 import S3Store
 
         return S3Store(config.s3)
-    from bakfs.store.localdir import LocalStore
-
     return LocalStore(Path(config.local.path), config.s3.bucket,
                       create_bucket=config.s3.create_bucket)
 
@@ -37,7 +38,6 @@ def describe_store(config: Config) -> str:
 def open_store_in_background(config: Config) -> OpeningStore:
     """The configured store, opened (and its bucket checked or created) in a thread from
     its first call or `start()` on, while the caller goes on. See `bakfs.store.opening`."""
-    from bakfs.store.opening import OpeningStore
 
     def opener() -> ObjectStore:
         store = open_store(config)

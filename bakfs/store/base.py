@@ -36,11 +36,12 @@ class ObjectStore(Protocol):
         ...
 
     def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False,
-            if_match: str | None = None, md5: bytes | None = None) -> None:
+            if_match: str | None = None, md5: bytes | None = None) -> str | None:
         """Store `data` whole under `key`, integrity-checked on the way in (`md5`: the
-        data's MD5 digest when the caller already has it). With `if_absent`
-        the put fails with AlreadyExists when the key exists; with `if_match` it fails with
-        AlreadyExists unless the object's current etag is that one. Both are atomic."""
+        data's MD5 digest when the caller already has it), and return the new object's etag
+        (unquoted; None if the store gives none). With `if_absent` the put fails with
+        AlreadyExists when the key exists; with `if_match` it fails with AlreadyExists
+        unless the object's current etag is that one. Both are atomic."""
         ...
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:

@@ -69,7 +69,7 @@ class LocalStore:
         return self.path.joinpath(*parts)
 
     def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False,
-            if_match: str | None = None, md5: bytes | None = None) -> None:
+            if_match: str | None = None, md5: bytes | None = None) -> str | None:
         target = self._file(key)
         temp = target.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
         actual = hashlib.md5(data, usedforsecurity=False).digest()
@@ -98,6 +98,7 @@ class LocalStore:
             else:
                 os.replace(temp, target)
             _fsync_dir(target.parent)
+            return digest if self._xattrs else None
         except StoreError:
             raise
         except OSError as exc:

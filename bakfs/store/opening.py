@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from bakfs.store.base import ObjectInfo, ObjectStore
+from bakfs.threads import Background
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,11 @@ class OpeningStore:
             if self._started:
                 return
             self._started = True
-        threading.Thread(target=self._open, args=(self._opener,), name="store-open",
-                         daemon=True).start()
+        Background(self._open, "store-open")
 
-    def _open(self, opener: Callable[[], ObjectStore]) -> None:
+    def _open(self) -> None:
         try:
-            store = opener()
+            store = self._opener()
         except BaseException as exc:  # handed to every caller, as the store's own error
             self._error = exc
             log.debug("opening %s failed: %s", self._description, exc)
@@ -72,8 +72,8 @@ class OpeningStore:
         self.wait().ensure_bucket()
 
     def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False,
-            if_match: str | None = None, md5: bytes | None = None) -> None:
-        self.wait().put(key, data, if_absent=if_absent, if_match=if_match, md5=md5)
+            if_match: str | None = None, md5: bytes | None = None) -> str | None:
+        return self.wait().put(key, data, if_absent=if_absent, if_match=if_match, md5=md5)
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         return self.wait().get(key, byte_range)

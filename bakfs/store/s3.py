@@ -99,7 +99,7 @@ class S3Store:
                 raise
 
     def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False,
-            if_match: str | None = None, md5: bytes | None = None) -> None:
+            if_match: str | None = None, md5: bytes | None = None) -> str | None:
         body = data if isinstance(data, bytes) else bytes(data)  # botocore takes no views
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body,
                                 "ContentLength": len(body), **self._sse}
@@ -111,7 +111,8 @@ class S3Store:
         if if_match is not None:
             args["IfMatch"] = if_match  # unquoted: RGW 16 compares the raw header
         with self._errors("PUT", key):
-            self._client.put_object(**args)
+            response = self._client.put_object(**args)
+        return _etag(response.get("ETag"))
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": key, **self._sse}

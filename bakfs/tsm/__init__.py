@@ -1,6 +1,3 @@
-"""The TSM (IBM Storage Protect) backend: dsmc command lines and output (`dsmc`), running
-dsmc (`runner`), the records of TSM backups in the object store (`catalog`), staging backups
-into local files for reads (`staging`) and the CLI commands (`commands`).
-
-Importing the package imports nothing heavy; each module says what it owns.
-"""
+"""IBM Spectrum Protect (TSM) through dsmc: command lines and output parsing (`dsmc`), running
+it (`runner`), the backup records in the object store (`records`), staging backups for
+reading (`staging`) and what the TSM commands do (`operations`). Knows nothing of FUSE."""

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Literal
 
-from bakfs.errors import BakfsError
+from bakfs.errors import (
+    TsmAuthFailed,
+    TsmClientError,
+    TsmError,
+    TsmFailed,
+    TsmNoSpace,
+    TsmNotFound,
+    TsmPrompted,
+    TsmUnreachable,
+)
 
 Mode = Literal["image", "file"]
 MODES: tuple[Mode, ...] = ("image", "file")
@@ -22,63 +31,6 @@ MODES: tuple[Mode, ...] = ("image", "file")
 # Options every bakfs invocation carries, so the output bakfs parses does not depend on the
 # locale of the host (ENDIT pins the same three).
 FORMAT_OPTIONS = ("-dateformat=3", "-timeformat=1", "-numberformat=1")
-
-
-# ---- errors ----------------------------------------------------------------------------------
-
-
-class TsmError(BakfsError):
-    """dsmc failed; `messages` are its ANS lines (never a password), `rc` its exit status
-    (None when it was killed). `transient` says whether trying again later may succeed."""
-
-    transient = False
-
-    def __init__(self, message: str, *, rc: int | None = None,
-                 messages: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.rc = rc
-        self.messages = tuple(messages)
-
-
-class TsmUnreachable(TsmError):
-    """The TSM server could not be reached, or the session was lost (ANS1017E, ANS1809W,
-    ANS0326E, ANS1330S, dsmc killed or timed out)."""
-
-    transient = True
-
-
-class TsmAuthFailed(TsmError):
-    """The server refused our node or password (ANS1025E, ANS1051I, ANS1353E)."""
-
-
-class TsmNotFound(TsmError):
-    """The object is not on the TSM server (ANS1302E, ANS1092W, ANS1345E, ANS4000E)."""
-
-
-class TsmNoSpace(TsmError):
-    """No space: on the server (ANS1329S, ANS1311E) or at the destination (ANS4009E)."""
-
-
-class TsmPrompted(TsmError):
-    """dsmc asked a question on its terminal; bakfs stopped it (a configuration problem:
-    a missing password, an existing destination, a missing -noprompt)."""
-
-
-class TsmClientError(TsmError):
-    """dsmc could not run as configured: binary missing, bad option, bad options file,
-    no server stanza (ANS1107E, ANS1138E, ANS1217E, ANS1036S)."""
-
-
-class TsmFailed(TsmError):
-    """Any other failure of a dsmc operation (its ANS lines are in the message)."""
-
-
-class TsmSourceError(TsmError):
-    """The backup source is neither a block device nor a regular file, or cannot be read."""
-
-
-class TsmIntegrityError(TsmError):
-    """Restored bytes differ from what bakfs recorded at backup time (size or sha256)."""
 
 
 # ---- command lines ---------------------------------------------------------------------------
@@ -119,10 +71,6 @@ def restore_argv(dsmc: str, mode: Mode, path: str, dest: str | None, *,
 def delete_argv(dsmc: str, mode: Mode, path: str, *, optfile: str | None) -> list[str]:
     return [dsmc, "delete", "backup", *common_options(optfile), "-noprompt",
             f"-objtype={mode}", path]
-
-
-def query_session_argv(dsmc: str, *, optfile: str | None) -> list[str]:
-    return [dsmc, "query", "session", *common_options(optfile)]
 
 
 def masked_argv(argv: Iterable[str]) -> list[str]:

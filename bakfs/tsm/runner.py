@@ -32,18 +32,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import trio
 
-from bakfs.blocking import plain_errors
 from bakfs.config import TsmOptions
-from bakfs.tsm import dsmc
-from bakfs.tsm.catalog import TsmRecord
-from bakfs.tsm.dsmc import (
-    Mode,
-    Output,
+from bakfs.errors import (
     TsmClientError,
     TsmError,
     TsmIntegrityError,
@@ -51,6 +45,10 @@ from bakfs.tsm.dsmc import (
     TsmSourceError,
     TsmUnreachable,
 )
+from bakfs.threads import Background, Bridge, plain_errors
+from bakfs.tsm import dsmc
+from bakfs.tsm.dsmc import Mode, Output
+from bakfs.tsm.records import TsmRecord
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +235,9 @@ class DsmcRunner:
         return Completed(shown, code, output, seconds)
 
     async def run_async(self, build: Callable[[str | None], list[str]], what: str,
-                        on_line: Callable[[str], None] | None = None) -> Completed:
+                        bridge: Bridge) -> Completed:
         """`run` on trio's process API: no thread waits on dsmc. Cancelling kills dsmc."""
-        optfile = await trio.to_thread.run_sync(self.make_optfile)
+        optfile = await bridge.run_disk(self.make_optfile)
         try:
             argv = build(optfile)
             shown = dsmc.masked_argv(argv)
@@ -283,7 +281,7 @@ class DsmcRunner:
             output = lines.finish()
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.remove_optfile, optfile)
+                await bridge.run_disk(self.remove_optfile, optfile)
         return self._finish(shown, rc, output, time.monotonic() - start, what, timed_out)
 
     # ---- operations ----------------------------------------------------------------------
@@ -323,18 +321,20 @@ class DsmcRunner:
             raise TsmSourceError(f"{what}: cannot make the link {link}: {exc.strerror}") from None
         start = time.monotonic()
         try:
-            with ThreadPoolExecutor(1, thread_name_prefix="tsm-hash") as pool:
-                hashed = pool.submit(hash_file, link)
+            hashed = Background(lambda: hash_file(link), "tsm-hash")
+            try:
                 completed = self.run(
                     lambda optfile: dsmc.backup_argv(
                         self.options.dsmc_path, mode, link,
                         compression=self.options.compression, optfile=optfile), what)
                 dsmc.check_backup(completed.output, completed.rc, what)
-                try:
-                    size, digest = hashed.result()
-                except OSError as exc:
-                    raise TsmSourceError(f"{what}: reading the source failed: "
-                                         f"{exc.strerror}") from None
+            finally:
+                hashed.thread.join()  # the link goes only once nothing reads it
+            try:
+                size, digest = hashed.result()
+            except OSError as exc:
+                raise TsmSourceError(f"{what}: reading the source failed: "
+                                     f"{exc.strerror}") from None
         finally:
             try:
                 os.unlink(link)
@@ -391,12 +391,13 @@ class DsmcRunner:
                 os.unlink(record.path)
         verify_file(device, record, what)
 
-    async def restore_to_file_async(self, record: TsmRecord, dest: str) -> Completed:
+    async def restore_to_file_async(self, record: TsmRecord, dest: str,
+                                    bridge: Bridge) -> Completed:
         """Start dsmc restoring into `dest` and return when it ends; raises TsmError when it
         failed. The caller watches `dest` grow and verifies the result."""
         what = f"TSM restore of backup {record.backup_id}"
         completed = await self.run_async(
-            lambda optfile: self._restore_argv(record, dest, optfile), what)
+            lambda optfile: self._restore_argv(record, dest, optfile), what, bridge)
         dsmc.check_restore(completed.output, completed.rc, what)
         return completed
 

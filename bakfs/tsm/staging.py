@@ -19,7 +19,7 @@ room for a new one, never one that is pinned (an open file, a read in progress) 
 staging. One manager owns a staging directory at a time (an flock on `.lock`).
 
 Async on trio: dsmc through `DsmcRunner.run_async` (trio's process API); file I/O in worker
-threads under a disk limiter. Knows nothing of FUSE (the mount maps its errors to EIO and
+threads through `bakfs.threads`. Knows nothing of FUSE (the mount maps its errors to EIO and
 shows `progress()` in xattrs and the status file) nor of the object store.
 """
 
@@ -39,9 +39,15 @@ from typing import Literal
 
 import trio
 
-from bakfs.blocking import plain_errors
-from bakfs.tsm.catalog import TsmRecord
-from bakfs.tsm.dsmc import TsmError, TsmIntegrityError, TsmNoSpace
+from bakfs.errors import (
+    StagingBusy,
+    StagingFailed,
+    StagingNoSpace,
+    TsmError,
+    TsmIntegrityError,
+)
+from bakfs.threads import Bridge, plain_errors
+from bakfs.tsm.records import TsmRecord
 from bakfs.tsm.runner import DsmcRunner
 
 log = logging.getLogger(__name__)
@@ -49,23 +55,6 @@ log = logging.getLogger(__name__)
 State = Literal["staging", "verifying", "complete", "failed"]
 POLL_INTERVAL = 0.05
 HASH_STEP = 8 << 20
-
-
-class StagingFailed(TsmError):
-    """A read could not be served because the backup's staging failed; `cause` says why."""
-
-    def __init__(self, message: str, cause: BaseException | None = None) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
-class StagingNoSpace(TsmNoSpace):
-    """The staging area cannot hold the backup now (too small, or full of pinned or running
-    stagings)."""
-
-
-class StagingBusy(TsmError):
-    """Another process owns the staging directory."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,10 +70,6 @@ class StagingProgress:
     started_at: float | None
     finished_at: float | None
     pins: int
-
-    @property
-    def fraction(self) -> float:
-        return 1.0 if self.total_bytes == 0 else self.staged_bytes / self.total_bytes
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -136,24 +121,32 @@ class StagingManager:
 
     def __init__(self, runner: DsmcRunner, directory: Path, max_bytes: int, *,
                  progressive: bool = True, poll_interval: float = POLL_INTERVAL,
-                 disk_limiter: trio.CapacityLimiter | None = None) -> None:
+                 bridge: Bridge | None = None) -> None:
         self.runner = runner
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.progressive = progressive
         self.poll_interval = poll_interval
-        self._disk = disk_limiter or trio.CapacityLimiter(4)
+        self._bridge = bridge
         self._stagings: dict[str, _Staging] = {}
         self._pins: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         self._lock_fd: int | None = None
+
+    @property
+    def bridge(self) -> Bridge:
+        if self._bridge is None:
+            raise RuntimeError("the staging manager is not running")
+        return self._bridge
 
     # ---- lifecycle -----------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[StagingManager]
                     = trio.TASK_STATUS_IGNORED) -> None:
         """Run the manager until cancelled (for `nursery.start` in the mount)."""
-        await trio.to_thread.run_sync(self._open_directory)
+        if self._bridge is None:
+            self._bridge = Bridge.create()
+        await self._bridge.run_disk(self._open_directory)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -162,7 +155,7 @@ class StagingManager:
         finally:
             self._nursery = None
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._close_directory)
+                await self.bridge.run_disk(self._close_directory)
 
     def _open_directory(self) -> None:
         """Take the directory (flock), drop leftovers of interrupted stagings, adopt finished
@@ -279,8 +272,7 @@ class StagingManager:
                     raise self._failure(st)
                 await st.changed.wait()
             path = st.path
-            return await trio.to_thread.run_sync(_pread, path, offset, end - offset,
-                                                 limiter=self._disk)
+            return await self.bridge.run_disk(_pread, path, offset, end - offset)
         finally:
             st.readers -= 1
             st.last_used = time.monotonic()
@@ -350,9 +342,8 @@ class StagingManager:
                 log.info("staging area: evicting %s (least recently used)", victim.backup_id)
                 self._stagings.pop(victim.backup_id, None)
             for victim in victims:
-                await trio.to_thread.run_sync(_remove, victim.ok_path, victim.path,
-                                              limiter=self._disk)
-            await trio.to_thread.run_sync(_remove, st.ok_path, st.path, limiter=self._disk)
+                await self.bridge.run_disk(_remove, victim.ok_path, victim.path)
+            await self.bridge.run_disk(_remove, st.ok_path, st.path)
             hasher = hashlib.sha256()
             hashed = 0
             with plain_errors():
@@ -364,35 +355,34 @@ class StagingManager:
                         while not done.is_set():
                             with trio.move_on_after(self.poll_interval):
                                 await done.wait()
-                            size = await trio.to_thread.run_sync(_size, st.path, limiter=self._disk)
+                            size = await self.bridge.run_disk(_size, st.path)
                             if done.is_set() or not self.progressive or size >= st.size:
                                 continue  # proves nothing (yet): wait for the end
                             if size > hashed:
-                                hashed += await trio.to_thread.run_sync(
-                                    _hash_range, st.path, hasher, hashed, size, limiter=self._disk)
+                                hashed += await self.bridge.run_disk(
+                                    _hash_range, st.path, hasher, hashed, size)
                             if hashed > st.proven:
                                 st.proven = hashed
                                 st.notify()
 
                     nursery.start_soon(follow)
                     try:
-                        await self.runner.restore_to_file_async(record, str(st.path))
+                        await self.runner.restore_to_file_async(record, str(st.path), self.bridge)
                     finally:
                         done.set()
             st.state = "verifying"
             st.notify()
-            size = await trio.to_thread.run_sync(_size, st.path, limiter=self._disk)
+            size = await self.bridge.run_disk(_size, st.path)
             if size != record.size:
                 raise TsmIntegrityError(f"dsmc restored {size} bytes, but backup "
                                         f"{record.backup_id} has {record.size}")
-            hashed += await trio.to_thread.run_sync(_hash_range, st.path, hasher, hashed,
-                                                    size, limiter=self._disk)
+            hashed += await self.bridge.run_disk(_hash_range, st.path, hasher, hashed,
+                                                    size)
             if hasher.hexdigest() != record.sha256:
                 raise TsmIntegrityError(f"the staged bytes have sha256 {hasher.hexdigest()}, "
                                         f"but backup {record.backup_id} recorded "
                                         f"{record.sha256}")
-            await trio.to_thread.run_sync(_write_ok, st.ok_path, record.sha256,
-                                          limiter=self._disk)
+            await self.bridge.run_disk(_write_ok, st.ok_path, record.sha256)
             st.state = "complete"
             st.proven = st.size
             st.finished_at = time.time()
@@ -413,7 +403,7 @@ class StagingManager:
                   st.backup_id, st.attempts, exc)
         st.proven = 0  # nothing more is served from this attempt
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_remove, st.ok_path, st.path, limiter=self._disk)
+            await self.bridge.run_disk(_remove, st.ok_path, st.path)
         st.state = "failed"  # only now: a retry must not race with the removal
         st.error = exc
         st.finished_at = time.time()

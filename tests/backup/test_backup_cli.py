@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bakfs.discovery import find_backups, load_metadata
-from bakfs.locking import VolumeLease
+from bakfs.catalog.discovery import find_backups, load_metadata
+from bakfs.catalog.leases import VolumeLease
 from bakfs.store.s3 import S3Store
 from tests.conftest import S3Server
 

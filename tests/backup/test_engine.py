@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from bakfs.backup_engine import BackupFailed, BackupPlan, run_backup_stream
+from bakfs.backup.plan import BackupPlan
+from bakfs.backup.sink import run_backup_stream
+from bakfs.catalog.discovery import BackupRef, find_backups, load_metadata, load_sha256file
+from bakfs.catalog.leases import VolumeLease
 from bakfs.config import S3Options
-from bakfs.discovery import BackupRef, find_backups, load_metadata, load_sha256file
-from bakfs.errors import StoreUnreachable
-from bakfs.locking import LeaseLost, VolumeBusy, VolumeLease
+from bakfs.errors import BackupFailed, LeaseLost, StoreUnreachable, VolumeBusy
+from bakfs.read.simple import restore
 from bakfs.store.s3 import S3Store
-from bakfs.volume_reader import restore
 
 B = 4096
 C = 16 * B

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from bakfs.backup.simple import write_backup
+from bakfs.catalog.discovery import find_backup, find_backups, load_chain, load_metadata
+from bakfs.catalog.inventory import survey
 from bakfs.cinder.record import backup_record, backup_url
-from bakfs.discovery import find_backup, find_backups, load_chain, load_metadata
-from bakfs.inventory import survey, verify
+from bakfs.read.simple import restore
+from bakfs.read.verify import verify
 from bakfs.store.s3 import S3Store
-from bakfs.volume_reader import restore
 from tests.conftest import S3Server
 from tests.interop.conftest import Harness
 
@@ -154,8 +156,6 @@ def test_cinder_makes_an_incremental_on_a_bakfs_backup_and_bakfs_reads_it(
 
 def test_cinder_accepts_the_export_record_of_a_bakfs_backup(
         cinder: Harness, rgw: S3Server, bucket_name: str) -> None:
-    from bakfs.volume_writer import write_backup
-
     store = _s3(rgw, bucket_name)
     options = dataclasses.replace(store.options)
     full = write_backup(store, io.BytesIO(b"x" * 300000), "vol-export", options,

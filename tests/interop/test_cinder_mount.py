@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from bakfs.discovery import find_backups, load_metadata
+from bakfs.catalog.discovery import find_backups, load_metadata
 from bakfs.store.s3 import S3Store
 from tests.conftest import S3Server
 from tests.interop.conftest import Harness

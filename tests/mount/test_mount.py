@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from bakfs.discovery import find_backups, load_metadata
-from bakfs.mount import process_alive
+from bakfs.catalog.discovery import find_backups, load_metadata
+from bakfs.mount.control import is_bakfs_mount_process
+from bakfs.procfs import process_alive
 from bakfs.store.s3 import S3Store
 from tests.conftest import S3Server
 from tests.mount.fixtures import KiB, Mount, base_env, unmount, wait_mounted
@@ -497,16 +498,14 @@ def test_a_killed_daemon_leaves_no_backup_and_the_earlier_one_intact(
 def test_umount_force_signals_only_a_bakfs_mount_process() -> None:
     """The daemon pid comes from the mount's xattr, in the daemon's PID namespace: --force
     signals it only if, seen from here, it is a bakfs mount process."""
-    from bakfs.mount import _is_bakfs_mount_process
-
-    assert not _is_bakfs_mount_process(os.getpid())  # pytest, not a mount
+    assert not is_bakfs_mount_process(os.getpid())  # pytest, not a mount
     with subprocess.Popen([sys.executable, "-c",
                            "import time; print('ready', flush=True); time.sleep(60)",
                            "bakfs", "mount"], stdout=subprocess.PIPE) as lookalike:
         try:
             assert lookalike.stdout is not None
             assert lookalike.stdout.readline() == b"ready\n"  # exec'd: its argv is in /proc
-            assert _is_bakfs_mount_process(lookalike.pid)
+            assert is_bakfs_mount_process(lookalike.pid)
         finally:
             lookalike.kill()
-    assert not _is_bakfs_mount_process(lookalike.pid)  # gone
+    assert not is_bakfs_mount_process(lookalike.pid)  # gone

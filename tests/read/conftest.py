@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from bakfs.backup.simple import write_backup
+from bakfs.catalog.discovery import BackupRef
 from bakfs.cinder import naming
 from bakfs.config import CacheOptions, Config, IndexOptions, KiB, S3Options
-from bakfs.discovery import BackupRef
+from bakfs.read.engine import Engine
 from bakfs.store.base import ObjectInfo, ObjectStore
 from bakfs.store.s3 import S3Store
-from bakfs.volume_writer import write_backup
 from tests.conftest import S3Server, empty_bucket
 
 BLOCK = 4 * KiB
@@ -31,11 +32,12 @@ OBJECT = 64 * KiB
 
 
 class CountingStore:
-    """A real store that counts the GETs of each key (thread-safe)."""
+    """A real store that counts the GETs of each key and the listings (thread-safe)."""
 
     def __init__(self, inner: ObjectStore) -> None:
         self.inner = inner
         self.gets: collections.Counter[str] = collections.Counter()
+        self.lists: list[str] = []
         self._lock = threading.Lock()
 
     @property
@@ -46,8 +48,8 @@ class CountingStore:
         self.inner.ensure_bucket()
 
     def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False,
-            if_match: str | None = None) -> None:
-        self.inner.put(key, data, if_absent=if_absent, if_match=if_match)
+            if_match: str | None = None, md5: bytes | None = None) -> str | None:
+        return self.inner.put(key, data, if_absent=if_absent, if_match=if_match, md5=md5)
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         with self._lock:
@@ -58,6 +60,8 @@ class CountingStore:
         return self.inner.head(key)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        with self._lock:
+            self.lists.append(prefix)
         return self.inner.list(prefix)
 
     def delete(self, key: str) -> None:
@@ -231,3 +235,9 @@ def module_config(rgw: S3Server, bucket: str, work: Path, **cache: object) -> Co
     defaults.update(cache)
     return Config(s3=rgw.options(bucket), cache=CacheOptions(**defaults),  # type: ignore[arg-type]
                   index=IndexOptions(path=str(work / "index")))
+
+
+async def read_backup(engine: Engine, backup_id: str, offset: int, size: int,
+               stream: object = None) -> bytes:
+    """Bytes of a backup named by id, found as a command naming a backup finds it."""
+    return await engine.read(await engine.catalog.find(backup_id), offset, size, stream)

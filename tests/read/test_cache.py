@@ -14,9 +14,9 @@ import pytest
 import trio
 
 from bakfs.config import Config
-from bakfs.reader import open_engine
+from bakfs.read.engine import open_engine
 from bakfs.store.s3 import S3Store
-from tests.read.conftest import OBJECT, CountingStore, make_versions, write_chain
+from tests.read.conftest import OBJECT, CountingStore, make_versions, read_backup, write_chain
 
 SIZE = 20 * OBJECT + 100
 
@@ -29,7 +29,7 @@ def test_cache_survives_restart_and_serves_without_gets(
 
     async def read_all() -> tuple[bytes, int]:
         async with open_engine(config, counting) as engine:
-            data = await engine.read(chain.ids[1], 0, SIZE)
+            data = await read_backup(engine, chain.ids[1], 0, SIZE)
             return data, engine.cache.stats.disk_hits
 
     data, _hits = trio.run(read_all)
@@ -51,7 +51,7 @@ def test_cache_recovers_from_crash_windows(
 
     async def read_all() -> bytes:
         async with open_engine(config, counting) as engine:
-            return await engine.read(chain.ids[0], 0, SIZE)
+            return await read_backup(engine, chain.ids[0], 0, SIZE)
 
     assert trio.run(read_all) == chain.images[0]
     files = sorted((cache_dir / "objects").rglob("*-*"))
@@ -94,7 +94,7 @@ def test_lru_evicts_least_recently_used_and_survives_restart(
     async def run(offsets: list[int]) -> list[str]:
         async with open_engine(config, s3_store) as engine:
             for off in offsets:
-                assert await engine.read(bid, off, 10) == image[off:off + 10]
+                assert await read_backup(engine, bid, off, 10) == image[off:off + 10]
                 await engine.cache.settle()
             return list(engine.cache._disk)
 
@@ -120,25 +120,25 @@ def test_readahead_grows_for_sequential_readers_and_resets_on_random(
             windows = []
             for n in range(6):
                 off = n * OBJECT // 2
-                assert await engine.read(bid, off, OBJECT // 2, stream) == \
+                assert await read_backup(engine, bid, off, OBJECT // 2, stream) == \
                     image[off:off + OBJECT // 2]
-                windows.append(engine._streams[(bid, stream)].window)
+                windows.append(engine.readahead._streams[(bid, stream)].window)
             assert windows[0] == 0
             assert windows[1] > 0
-            assert windows == sorted(windows) and windows[-1] == engine.readahead_max
+            assert windows == sorted(windows) and windows[-1] == engine.readahead.limit
             await trio.sleep(0.5)
             # objects ahead of the reader were fetched before it asked for them
-            assert engine.stats.readahead_scheduled >= 4
+            assert engine.readahead.scheduled >= 4
             ahead = engine.cache.stats.fetches
             assert ahead > 3
             # a random access resets the window
-            await engine.read(bid, 30 * OBJECT, 10, stream)
-            assert engine._streams[(bid, stream)].window == 0
+            await read_backup(engine, bid, 30 * OBJECT, 10, stream)
+            assert engine.readahead._streams[(bid, stream)].window == 0
             # the prefetched objects are served without new GETs
             fetches = engine.cache.stats.fetches
             for n in range(6, 2 * ahead - 2):
                 off = n * OBJECT // 2
-                await engine.read(bid, off, OBJECT // 2, object())
+                await read_backup(engine, bid, off, OBJECT // 2, object())
             assert engine.cache.stats.fetches == fetches
 
     trio.run(main)
@@ -155,7 +155,7 @@ def test_a_damaged_cache_file_is_never_served(
 
     async def read(offset: int, size: int) -> tuple[bytes, int, int]:
         async with open_engine(config, counting) as engine:
-            data = await engine.read(chain.ids[0], offset, size)
+            data = await read_backup(engine, chain.ids[0], offset, size)
             return data, engine.cache.stats.damaged, engine.cache.stats.disk_hits
 
     assert trio.run(read, 0, SIZE)[0] == chain.images[0]

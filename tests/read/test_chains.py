@@ -13,11 +13,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bakfs.cinder.metadata import parse_metadata
-from bakfs.reader import open_engine
-from bakfs.restore import restore_with
+from bakfs.read.engine import open_engine
+from bakfs.read.restore import restore_with
 from bakfs.store.s3 import S3Store
 from tests.conftest import S3Server
-from tests.read.conftest import CINDER_CODECS, CINDER_SIZE, Chain, CountingStore, module_config
+from tests.read.conftest import (
+    CINDER_CODECS,
+    CINDER_SIZE,
+    Chain,
+    CountingStore,
+    module_config,
+    read_backup,
+)
 
 CHAINS = ["cinder_chain", "bakfs_chain"]
 
@@ -48,7 +55,7 @@ def test_restore_every_level(which: str, request: pytest.FixtureRequest, rgw: S3
     for level in range(len(chain.refs)):
         target = tmp_path / f"{which}-{level}.img"
         result = trio.run(lambda t=target, b=chain.ids[level]: restore_with(  # type: ignore[misc]
-            config, b, str(t), store=counting, show_progress=False))
+            config, b, str(t), store=counting))
         assert result.sha256 == hashlib.sha256(chain.images[level]).hexdigest()
         assert target.read_bytes() == chain.images[level]
         assert target.stat().st_size == CINDER_SIZE
@@ -79,7 +86,7 @@ def test_random_reads_property(which: str, request: pytest.FixtureRequest, rgw: 
         async def main() -> None:
             async with open_engine(config, module_bucket) as engine:
                 for level, offset, size in batch:
-                    got = await engine.read(chain.ids[level], offset, size)
+                    got = await read_backup(engine, chain.ids[level], offset, size)
                     assert got == chain.images[level][offset:offset + size]
 
         trio.run(main)

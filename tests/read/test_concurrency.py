@@ -9,20 +9,19 @@ from collections.abc import Callable
 import trio
 import trio.lowlevel
 
+from bakfs.catalog.discovery import load_chain
+from bakfs.cinder.chain import overlay
+from bakfs.cinder.zeros import ZERO_DIGESTS
 from bakfs.config import Config
-from bakfs.discovery import load_chain
-from bakfs.index import ZERO_DIGESTS
-from bakfs.reader import Engine, open_engine
+from bakfs.read.engine import Engine, open_engine
 from bakfs.store.s3 import S3Store
-from tests.read.conftest import Chain, CountingStore, make_versions, write_chain
+from tests.read.conftest import Chain, CountingStore, make_versions, read_backup, write_chain
 
 SIZE = 24 * 64 * 1024 + 4321
 
 
 def _needed(store: S3Store, chain: Chain, level: int) -> set[str]:
     """Names of the objects that serve some byte of the backup and are not all zeros."""
-    from bakfs.cinder.chain import overlay
-
     layers = [m for _r, m in load_chain(store, chain.refs[level])]
     return {e.entry.name for e in overlay(layers)
             if e.entry is not None and not ZERO_DIGESTS.is_zero(e.entry.length, e.entry.md5)}
@@ -36,7 +35,7 @@ async def _reader(engine: Engine, chain: Chain, level: int, seed: int, sequentia
                else [rng.randrange(SIZE) for _ in range(60)])
     for offset in offsets:
         size = 50_000 if sequential else rng.randrange(1, 150_000)
-        data = await engine.read(chain.ids[level], offset, size, stream=seed)
+        data = await read_backup(engine, chain.ids[level], offset, size, stream=seed)
         if data != image[offset:offset + size]:
             errors.append(f"reader {seed}: wrong bytes at {offset}+{size}")
 
@@ -53,7 +52,7 @@ def test_eight_readers_same_backup_fetch_each_object_once(
                 for n in range(8):
                     nursery.start_soon(_reader, engine, chain, 1, n, n % 2 == 0, errors)
             # every byte once more, to be sure all objects were needed
-            assert await engine.read(chain.ids[1], 0, SIZE) == chain.images[1]
+            assert await read_backup(engine, chain.ids[1], 0, SIZE) == chain.images[1]
 
     trio.run(main)
     assert errors == []
@@ -77,7 +76,8 @@ def test_eight_readers_of_different_backups(
                     nursery.start_soon(_reader, engine, chain, n % 3, 100 + n, n < 4, errors)
             for chain in chains:
                 for level in range(3):
-                    assert await engine.read(chain.ids[level], 0, SIZE) == chain.images[level]
+                    got = await read_backup(engine, chain.ids[level], 0, SIZE)
+                    assert got == chain.images[level]
 
     trio.run(main)
     assert errors == []
@@ -154,7 +154,7 @@ def test_refreshes_while_readers_read(s3_store: S3Store, counting: CountingStore
         async with open_engine(engine_config(), counting) as engine:
             async def refresher() -> None:
                 for _ in range(5):
-                    await engine.refresh()
+                    await engine.catalog.refresh()
                     await trio.sleep(0.01)
 
             async with trio.open_nursery() as nursery:
@@ -163,8 +163,8 @@ def test_refreshes_while_readers_read(s3_store: S3Store, counting: CountingStore
                     nursery.start_soon(_reader, engine, chain, n % 2, 300 + n, n < 2, errors)
             late = await trio.to_thread.run_sync(
                 write_chain, s3_store, make_versions(SIZE, 1, seed=51), "vol-late")
-            await engine.refresh()
-            assert await engine.read(late.ids[0], 0, SIZE) == late.images[0]
+            await engine.catalog.refresh()
+            assert await read_backup(engine, late.ids[0], 0, SIZE) == late.images[0]
 
     trio.run(main)
     assert errors == []

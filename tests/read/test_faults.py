@@ -9,14 +9,14 @@ from collections.abc import Callable
 import pytest
 import trio
 
+from bakfs.catalog.discovery import load_metadata
 from bakfs.cinder.metadata import ObjectEntry
 from bakfs.config import Config
-from bakfs.discovery import load_metadata
 from bakfs.errors import BakfsError, IntegrityError, ObjectMissing, StoreUnreachable
-from bakfs.reader import Engine, open_engine
+from bakfs.read.engine import Engine, open_engine
 from bakfs.store.s3 import S3Store
 from tests.conftest import S3Server
-from tests.read.conftest import Chain, CountingStore, make_versions, write_chain
+from tests.read.conftest import Chain, CountingStore, make_versions, read_backup, write_chain
 
 SIZE = 16 * 64 * 1024 + 999
 
@@ -32,10 +32,11 @@ async def _check_rest(engine: Engine, chain: Chain, bad: ObjectEntry) -> None:
     for offset in range(0, SIZE, 4096):
         size = min(4096, SIZE - offset)
         if offset + size <= bad.offset or offset >= bad.end:
-            assert await engine.read(chain.ids[-1], offset, size) == image[offset:offset + size]
+            got = await read_backup(engine, chain.ids[-1], offset, size)
+            assert got == image[offset:offset + size]
         else:
             with pytest.raises(BakfsError) as info:
-                await engine.read(chain.ids[-1], offset, size)
+                await read_backup(engine, chain.ids[-1], offset, size)
             assert bad.name in str(info.value)
 
 
@@ -54,12 +55,12 @@ def test_corrupted_object_fails_naming_it(s3_store: S3Store, counting: CountingS
     async def main() -> None:
         async with open_engine(engine_config(), counting) as engine:
             with pytest.raises(IntegrityError) as info:
-                await engine.read(chain.ids[-1], bad.offset, bad.length)
+                await read_backup(engine, chain.ids[-1], bad.offset, bad.length)
             assert info.value.key == bad.name
             assert bad.name in str(info.value)
             # a read spanning good and bad objects fails whole, never partly right
             with pytest.raises(IntegrityError):
-                await engine.read(chain.ids[-1], 0, SIZE)
+                await read_backup(engine, chain.ids[-1], 0, SIZE)
             await _check_rest(engine, chain, bad)
 
     trio.run(main)
@@ -69,7 +70,7 @@ def test_corrupted_object_fails_naming_it(s3_store: S3Store, counting: CountingS
     async def again() -> None:
         async with open_engine(engine_config(), counting) as engine:
             with pytest.raises(IntegrityError):
-                await engine.read(chain.ids[-1], bad.offset, 1)
+                await read_backup(engine, chain.ids[-1], bad.offset, 1)
 
     trio.run(again)
     assert counting.gets[bad.name] == before + 1
@@ -84,7 +85,7 @@ def test_deleted_object_fails_naming_it(s3_store: S3Store,
     async def main() -> None:
         async with open_engine(engine_config(), s3_store) as engine:
             with pytest.raises(ObjectMissing) as info:
-                await engine.read(chain.ids[-1], bad.offset + 10, 100)
+                await read_backup(engine, chain.ids[-1], bad.offset + 10, 100)
             assert info.value.key == bad.name
             assert bad.name in str(info.value)
             await _check_rest(engine, chain, bad)
@@ -100,7 +101,7 @@ def test_missing_parent_is_reported(s3_store: S3Store,
     async def main() -> None:
         async with open_engine(engine_config(), s3_store) as engine:
             with pytest.raises(BakfsError, match="not in the store"):
-                await engine.read(chain.ids[-1], 0, 10)
+                await read_backup(engine, chain.ids[-1], 0, 10)
 
     trio.run(main)
 
@@ -114,7 +115,7 @@ def test_unreachable_store_fails_naming_the_object_and_cache_still_serves(
 
     async def warm() -> None:
         async with open_engine(config, s3_store, refresh=True) as engine:
-            await engine.read(chain.ids[0], cached.offset, cached.length)
+            await read_backup(engine, chain.ids[0], cached.offset, cached.length)
 
     trio.run(warm)
     # the same bucket through an endpoint where nothing listens
@@ -123,10 +124,10 @@ def test_unreachable_store_fails_naming_the_object_and_cache_still_serves(
 
     async def main() -> None:
         async with open_engine(config, dead) as engine:
-            got = await engine.read(chain.ids[0], cached.offset, cached.length)
+            got = await read_backup(engine, chain.ids[0], cached.offset, cached.length)
             assert got == chain.images[0][cached.offset:cached.end]
             with pytest.raises(StoreUnreachable) as info:
-                await engine.read(chain.ids[0], lost.offset, 10)
+                await read_backup(engine, chain.ids[0], lost.offset, 10)
             assert info.value.key == lost.name and lost.name in str(info.value)
 
     try:

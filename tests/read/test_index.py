@@ -12,23 +12,23 @@ import pytest
 import trio
 
 from bakfs import cli
-from bakfs.blocking import Bridge, Limiters
-from bakfs.catalog import open_index, refresh
-from bakfs.cinder.metadata import ObjectEntry
-from bakfs.config import Config
-from bakfs.index import (
+from bakfs.catalog.index import (
     KIND_DATA,
     KIND_HOLE,
     KIND_ZERO,
     SCHEMA_VERSION,
-    ZERO_DIGESTS,
     BackupRecord,
     Index,
 )
-from bakfs.reader import open_engine
+from bakfs.catalog.sync import open_index, refresh
+from bakfs.cinder.metadata import ObjectEntry
+from bakfs.cinder.zeros import ZERO_DIGESTS
+from bakfs.config import Config
+from bakfs.read.engine import open_engine
 from bakfs.store.s3 import S3Store
+from bakfs.threads import Bridge, Limiters
 from tests.conftest import S3Server
-from tests.read.conftest import CountingStore, make_versions, write_chain
+from tests.read.conftest import CountingStore, make_versions, read_backup, write_chain
 
 SIZE = 12 * 64 * 1024 + 5000
 
@@ -87,7 +87,8 @@ def test_corrupt_or_foreign_index_is_rebuilt(
 
     async def read_all() -> tuple[str | None, bytes]:
         async with open_engine(config, s3_store) as engine:
-            return engine.index.rebuilt, await engine.read(chain.ids[1], 0, SIZE)
+            data = await read_backup(engine, chain.ids[1], 0, SIZE)
+            return engine.catalog.index.rebuilt, data
 
     reason, got = trio.run(read_all)
     assert reason is not None and "LMDB" in reason
@@ -159,15 +160,15 @@ def test_zero_objects_and_holes_are_never_fetched(
 
     async def main() -> None:
         async with open_engine(config, counting) as engine:
-            _record, spans = engine.index.lookup(chain.ids[1], 0, SIZE)
+            _record, spans = engine.catalog.index.lookup(chain.ids[1], 0, SIZE)
             kinds = {s.kind for s in spans}
             assert KIND_ZERO in kinds and KIND_DATA in kinds
             for span in spans:
                 if span.kind != KIND_DATA:
-                    assert await engine.read(chain.ids[1], span.offset, span.length) == \
+                    assert await read_backup(engine, chain.ids[1], span.offset, span.length) == \
                         bytes(span.length)
             assert counting.data_gets() == {}
-            assert await engine.read(chain.ids[1], 0, SIZE) == versions[1]
+            assert await read_backup(engine, chain.ids[1], 0, SIZE) == versions[1]
 
     trio.run(main)
 
@@ -222,17 +223,17 @@ def test_impossible_row_found_while_reading_triggers_a_rebuild(
 
     async def main() -> None:
         async with open_engine(config, s3_store, refresh=True) as engine:
-            record = engine.index.get_backup(chain.ids[1])
+            record = engine.catalog.index.get_backup(chain.ids[1])
             assert record is not None
             # damage every extent row of the backup (a bad kind byte)
-            with engine.index.env.begin(write=True) as txn:
-                db = engine.index.env.open_db(b"extents", txn=txn)
+            with engine.catalog.index.env.begin(write=True) as txn:
+                db = engine.catalog.index.env.open_db(b"extents", txn=txn)
                 cursor = txn.cursor(db=db)
                 for key, value in list(cursor):
                     if key[:4] == record.seq.to_bytes(4, "big"):
                         txn.put(key, value[:8] + b"\x09" + value[9:], db=db)
-            assert await engine.read(chain.ids[1], 0, SIZE) == chain.images[1]
-            assert engine.index.rebuilt == "it held an impossible row"
+            assert await read_backup(engine, chain.ids[1], 0, SIZE) == chain.images[1]
+            assert engine.catalog.index.rebuilt == "it held an impossible row"
 
     trio.run(main)
 

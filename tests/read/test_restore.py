@@ -15,10 +15,11 @@ import pytest
 import trio
 
 from bakfs.config import Config
-from bakfs.reader import open_engine
-from bakfs.restore import TargetError, restore_with
+from bakfs.errors import TargetError
+from bakfs.read.engine import open_engine
+from bakfs.read.restore import restore_with
 from bakfs.store.s3 import S3Store
-from tests.read.conftest import CountingStore, make_versions, sha256, write_chain
+from tests.read.conftest import CountingStore, make_versions, read_backup, sha256, write_chain
 
 SIZE = 21 * 64 * 1024 + 12345  # not a multiple of the block or object size
 
@@ -33,7 +34,7 @@ def test_restore_equals_source_at_every_level(
     for level, (backup_id, image) in enumerate(zip(chain.ids, chain.images, strict=True)):
         target = tmp_path / f"restored-{level}"
         result = trio.run(lambda b=backup_id, t=target: restore_with(  # type: ignore[misc]
-            config, b, str(t), store=counting, show_progress=False))
+            config, b, str(t), store=counting))
         assert target.read_bytes() == image
         assert result.sha256 == sha256(image)
         assert result.bytes == SIZE
@@ -50,8 +51,7 @@ def test_restore_into_existing_file_overwrites_everything(
     chain = write_chain(s3_store, make_versions(SIZE, 2), "vol-e")
     target = tmp_path / "existing"
     target.write_bytes(b"\xff" * (SIZE + 5000))
-    result = trio.run(lambda: restore_with(engine_config(), chain.ids[-1], str(target),
-                                           show_progress=False))
+    result = trio.run(lambda: restore_with(engine_config(), chain.ids[-1], str(target)))
     assert not result.sparse
     assert target.read_bytes() == chain.images[-1]
 
@@ -67,7 +67,7 @@ def test_random_reads_match_source(s3_store: S3Store, engine_config: Callable[..
                 level = rng.randrange(3)
                 offset = rng.randrange(SIZE + 100)
                 size = rng.choice([1, 512, 4096, 65536, 200_000, rng.randrange(1, 300_000)])
-                data = await engine.read(chain.ids[level], offset, size)
+                data = await read_backup(engine, chain.ids[level], offset, size)
                 assert data == chain.images[level][offset:offset + size]
 
     trio.run(main)
@@ -87,8 +87,7 @@ def test_restore_to_a_block_device(s3_store: S3Store, engine_config: Callable[..
         pytest.fail(f"losetup failed (the test needs root and loop devices): {attach.stderr}")
     device = attach.stdout.strip()
     try:
-        result = trio.run(lambda: restore_with(engine_config(), chain.ids[-1], device,
-                                               show_progress=False))
+        result = trio.run(lambda: restore_with(engine_config(), chain.ids[-1], device))
         assert not result.sparse and result.written_bytes == SIZE
         with open(device, "rb") as f:
             content = f.read()
@@ -110,7 +109,7 @@ def test_restore_and_cache_on_tmpfs(s3_store: S3Store, engine_config: Callable[.
         for n in range(2):  # cold, then from the tmpfs cache
             target = shm / f"restored-{n}"
             result = trio.run(lambda t=target: restore_with(  # type: ignore[misc]
-                config, chain.ids[0], str(t), show_progress=False))
+                config, chain.ids[0], str(t)))
             assert target.read_bytes() == chain.images[0]
             fetched.append(result.objects_fetched)
         assert fetched[0] > 0 and fetched[1] == 0
@@ -123,5 +122,4 @@ def test_restore_refuses_a_directory(
         s3_store: S3Store, engine_config: Callable[..., Config], tmp_path: Path) -> None:
     chain = write_chain(s3_store, make_versions(SIZE, 1, seed=12), "vol-bad")
     with pytest.raises(TargetError, match="neither a regular file nor a block device"):
-        trio.run(lambda: restore_with(engine_config(), chain.ids[0], str(tmp_path),
-                                      show_progress=False))
+        trio.run(lambda: restore_with(engine_config(), chain.ids[0], str(tmp_path)))

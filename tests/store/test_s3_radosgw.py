@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 
+from bakfs.backup.simple import write_backup
+from bakfs.catalog.discovery import find_backups, load_metadata
 from bakfs.config import Secret
-from bakfs.discovery import find_backups, load_metadata
 from bakfs.errors import (
     AccessDenied,
     ChecksumMismatch,
     ObjectMissing,
     StoreUnreachable,
 )
+from bakfs.read.simple import restore
 from bakfs.store.s3 import S3Store
-from bakfs.volume_reader import restore
-from bakfs.volume_writer import write_backup
 from tests.conftest import S3Server
 
 KEY = Secret("0123456789abcdef0123456789abcdef")

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bakfs.tsm import dsmc
-from bakfs.tsm.dsmc import (
+from bakfs.errors import (
     TsmAuthFailed,
     TsmClientError,
     TsmFailed,
@@ -15,6 +14,7 @@ from bakfs.tsm.dsmc import (
     TsmPrompted,
     TsmUnreachable,
 )
+from bakfs.tsm import dsmc
 
 # shared/docs/dsmc.md, sample C (a real 8.1.7 restore, IBM/storage-protect-galaxy)
 RESTORE_CAPTURE = """\

@@ -15,19 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from bakfs.cli.tsm import backup as run_tsm_backup
+from bakfs.cli.tsm import delete as run_tsm_delete
+from bakfs.cli.tsm import list_backups as run_tsm_ls
+from bakfs.cli.tsm import restore as run_tsm_restore
 from bakfs.config import Config
-from bakfs.errors import AlreadyExists, BackupNotFound
-from bakfs.store.localdir import LocalStore
-from bakfs.tsm import catalog
-from bakfs.tsm.commands import (
-    make_runner,
-    make_tsm_backup,
-    run_tsm_backup,
-    run_tsm_delete,
-    run_tsm_ls,
-    run_tsm_restore,
-)
-from bakfs.tsm.dsmc import (
+from bakfs.errors import (
+    AlreadyExists,
+    BackupNotFound,
     TsmAuthFailed,
     TsmClientError,
     TsmIntegrityError,
@@ -36,6 +31,9 @@ from bakfs.tsm.dsmc import (
     TsmSourceError,
     TsmUnreachable,
 )
+from bakfs.store.localdir import LocalStore
+from bakfs.tsm import records as catalog
+from bakfs.tsm.operations import make_runner, make_tsm_backup
 from bakfs.tsm.runner import DsmcRunner
 from tests.conftest import S3Server
 from tests.tsm.conftest import SimServer, make_config, random_file

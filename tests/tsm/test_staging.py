@@ -11,20 +11,23 @@ from pathlib import Path
 import pytest
 import trio
 
-from bakfs.blocking import plain_errors
+from bakfs.cli.tsm import backup as run_tsm_backup
+from bakfs.cli.tsm import stage as run_stage
 from bakfs.config import Config
-from bakfs.store.localdir import LocalStore
-from bakfs.tsm import catalog
-from bakfs.tsm.commands import make_runner, run_stage, run_tsm_backup, staging_dir
-from bakfs.tsm.dsmc import TsmAuthFailed, TsmIntegrityError, TsmUnreachable
-from bakfs.tsm.runner import DsmcRunner
-from bakfs.tsm.staging import (
+from bakfs.errors import (
     StagingBusy,
     StagingFailed,
-    StagingManager,
     StagingNoSpace,
-    open_staging_manager,
+    TsmAuthFailed,
+    TsmIntegrityError,
+    TsmUnreachable,
 )
+from bakfs.store.localdir import LocalStore
+from bakfs.threads import plain_errors
+from bakfs.tsm import records as catalog
+from bakfs.tsm.operations import make_runner, staging_dir
+from bakfs.tsm.runner import DsmcRunner
+from bakfs.tsm.staging import StagingManager, open_staging_manager
 from tests.tsm.conftest import SimServer, make_config, random_file
 
 MiB = 1 << 20

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from bakfs.backup_engine import prepare_window
+from bakfs.backup.window import prepare_window
 from bakfs.cinder import codec, extents
 from bakfs.config import S3Options
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from bakfs.backup.simple import write_backup
+from bakfs.catalog.discovery import backup_objects, find_backups, load_chain, load_metadata
 from bakfs.cinder import naming
 from bakfs.config import S3Options
-from bakfs.discovery import backup_objects, find_backups, load_chain, load_metadata
 from bakfs.errors import BakfsError, IntegrityError, ObjectMissing
+from bakfs.read.simple import restore
+from bakfs.store.decode import fetch_verified as read_object
 from bakfs.store.localdir import LocalStore
-from bakfs.volume_reader import read_object, restore
-from bakfs.volume_writer import write_backup
 
 B = 4096
 OPTIONS = S3Options(block_size=B, object_size=4 * B, compression="zlib")

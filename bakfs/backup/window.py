@@ -1,0 +1,84 @@
+"""The CPU work of one window of a backup (`object_size` bytes of the volume): hash its
+blocks, compare with the parent's hashes, cut the changed runs (the whole window for a full
+backup), compress and md5 each run. Windows of zeros (often a third of a volume) are
+recognised once and cost nothing more.
+
+Pure CPU code, run in cpu threads; the same for the streaming sink and the simple writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from bakfs.cinder import codec, extents
+from bakfs.cinder.extents import Digests
+from bakfs.config import S3Options
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedObject:
+    """One object ready to upload (its key is assigned later, in volume order)."""
+
+    offset: int
+    length: int
+    stored: bytes | memoryview
+    compression: str
+    md5: str  # hex, of the plain bytes (what `_metadata` records)
+    stored_md5: bytes | None  # digest of `stored` when known here (stored raw), else None
+
+
+def prepare_window(window: bytes | memoryview, index: int, options: S3Options,
+                   parent_hashes: Digests | None
+                   ) -> tuple[Digests, list[PreparedObject]]:
+    """CPU work for window `index` (bytes [index * object_size, ...)): hash its blocks, find
+    the changed runs (all of it for a full backup), compress and md5 each."""
+    block = options.block_size
+    zero = _is_zero(window)
+    hashes = (_zero_digests(len(window), block) if zero
+              else extents.block_digests(window, block))
+    runs = extents.changed_runs(hashes, parent_hashes, index * (options.object_size // block),
+                                block, len(window))
+    view = memoryview(window)
+    base = index * options.object_size
+    prepared = []
+    for start, end in runs:
+        if zero:
+            stored, recorded, md5, stored_md5 = _zero_object(end - start, options.compression)
+        else:
+            # the whole window as it is when it is one run: stored raw, it needs no copy
+            whole = start == 0 and end == len(window) and isinstance(window, bytes)
+            plain = window if whole else view[start:end]
+            stored, recorded = codec.compress(plain, options.compression)
+            digest = codec.md5_digest(plain)
+            md5 = digest.hex()
+            stored_md5 = digest if stored is plain else None  # the upload hashes it
+        prepared.append(PreparedObject(base + start, end - start, stored, recorded, md5,
+                                       stored_md5))
+    return hashes, prepared
+
+
+# Unused regions of a volume are zeros, often a third of it: their hashes, md5 and compressed
+# form depend only on their length, so they are computed once.
+@functools.lru_cache(maxsize=4)
+def _zeros(length: int) -> bytes:
+    return bytes(length)
+
+
+def _is_zero(window: bytes | memoryview) -> bool:
+    if bytes(window[:64]) != _zeros(64)[:len(window[:64])]:
+        return False
+    raw = window if isinstance(window, bytes) else window.tobytes()
+    return raw == _zeros(len(raw))
+
+
+@functools.lru_cache(maxsize=8)
+def _zero_digests(length: int, block: int) -> Digests:
+    return extents.block_digests(_zeros(length), block)
+
+
+@functools.lru_cache(maxsize=16)
+def _zero_object(length: int, algorithm: str) -> tuple[bytes | memoryview, str, str, bytes]:
+    zeros = _zeros(length)
+    stored, recorded = codec.compress(zeros, algorithm)
+    return stored, recorded, codec.md5_hex(zeros), codec.md5_digest(stored)

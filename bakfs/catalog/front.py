@@ -1,0 +1,215 @@
+"""The catalogue as running code sees it: which backups exist (records from the LMDB index)
+and which objects serve a byte range of one (extent lookups), kept in step with the store.
+
+The index answers every question; the store is asked only by `refresh`, by `find` for an id
+the index does not know yet (a backup made elsewhere moments ago) and by `add` for a backup
+this process committed. A read never lists the store. Recently looked-up runs of extents are
+kept in memory (bounded), so a sequential reader asks LMDB once per few hundred extents.
+An index found holding an impossible row is rebuilt from the store and the lookup retried:
+damage to this cache of the store is repaired, never served.
+
+Async, on trio; every blocking call goes through `bakfs.threads`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from bakfs.catalog import sync
+from bakfs.catalog.discovery import BackupRef
+from bakfs.catalog.index import STATUS_OK, BackupRecord, Index, Span
+from bakfs.cinder.metadata import BackupMetadata
+from bakfs.errors import BackupNotFound, IndexCorrupt
+from bakfs.store.base import ObjectStore
+from bakfs.threads import Bridge
+
+log = logging.getLogger(__name__)
+
+PAGE_SPANS = 256  # extents fetched past a lookup, for the next reads
+MAX_CACHED_SPANS = 1 << 16  # bound of the in-memory extent pages
+REFRESH_AFTER_MISS = 5.0  # seconds between refreshes `find` may start for unknown ids
+
+
+class _Pages:
+    """Recently looked-up runs of extents per backup, bounded in total spans (LRU)."""
+
+    def __init__(self, max_spans: int = MAX_CACHED_SPANS) -> None:
+        self.max_spans = max_spans
+        self._starts: dict[str, list[int]] = {}
+        self._pages: collections.OrderedDict[tuple[str, int], tuple[list[int], list[Span]]] = (
+            collections.OrderedDict())
+        self._count = 0
+
+    def find(self, backup_id: str, offset: int) -> tuple[list[int], list[Span]] | None:
+        starts = self._starts.get(backup_id)
+        if not starts:
+            return None
+        i = bisect.bisect_right(starts, offset) - 1
+        if i < 0:
+            return None
+        key = (backup_id, starts[i])
+        page = self._pages[key]
+        if page[1][-1].end <= offset:
+            return None
+        self._pages.move_to_end(key)
+        return page
+
+    def add(self, backup_id: str, spans: list[Span]) -> tuple[list[int], list[Span]]:
+        key = (backup_id, spans[0].offset)
+        if key in self._pages:
+            self._drop(key)
+        page = ([s.offset for s in spans], spans)
+        self._pages[key] = page
+        bisect.insort(self._starts.setdefault(backup_id, []), spans[0].offset)
+        self._count += len(spans)
+        while self._count > self.max_spans and len(self._pages) > 1:
+            self._drop(next(iter(self._pages)))
+        return page
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        _starts, spans = self._pages.pop(key)
+        self._count -= len(spans)
+        starts = self._starts[key[0]]
+        starts.pop(bisect.bisect_left(starts, key[1]))
+        if not starts:
+            del self._starts[key[0]]
+
+    def clear(self) -> None:
+        self._starts.clear()
+        self._pages.clear()
+        self._count = 0
+
+
+class Catalog:
+    """Records and extent lookups of the backups in one store; see the module docstring.
+    Build with `open_catalog` (or from an open index)."""
+
+    def __init__(self, store: ObjectStore, index: Index, bridge: Bridge) -> None:
+        self.store = store
+        self.index = index
+        self.bridge = bridge
+        self.lookups = 0  # LMDB extent lookups, for the engine's counters
+        self.last_refresh = float("-inf")  # monotonic time the store was last listed
+        self._pages = _Pages()
+        self._records: dict[str, BackupRecord] = {}
+        self._refresh_lock = trio.Lock()
+
+    # -- keeping in step with the store ----------------------------------------------------
+
+    async def refresh(self) -> sync.RefreshResult:
+        """Bring the index in step with the store (one at a time)."""
+        async with self._refresh_lock:
+            result = await sync.refresh(self.store, self.index, self.bridge)
+            self.last_refresh = time.monotonic()
+            self._forget()
+            return result
+
+    async def rebuild(self) -> sync.RefreshResult:
+        """Recreate the index's contents from nothing (after finding it corrupt). The
+        environment stays open: other tasks may be inside a lookup in another thread."""
+        async with self._refresh_lock:
+            await self.bridge.run_index(self.index.clear)
+            self.index.rebuilt = "it held an impossible row"
+        return await self.refresh()
+
+    async def add(self, ref: BackupRef, metadata: BackupMetadata) -> BackupRecord:
+        """Index a backup this process has just committed (no listing of the store)."""
+        async with self._refresh_lock:
+            record = await sync.Cataloguer(self.store, self.index, self.bridge).add(ref,
+                                                                                   metadata)
+            self._forget()
+            return record
+
+    def _forget(self) -> None:
+        self._pages.clear()
+        self._records.clear()
+
+    # -- records ---------------------------------------------------------------------------
+
+    async def record(self, backup_id: str) -> BackupRecord:
+        """The record of a readable backup the index knows; BackupNotFound otherwise."""
+        record = self._records.get(backup_id)
+        if record is None:
+            record = await self.bridge.run_index(self.index.get_backup, backup_id)
+            if record is None:
+                raise BackupNotFound(f"no complete backup {backup_id} in "
+                                     f"{self.store.description}")
+            if record.status != STATUS_OK:
+                raise BackupNotFound(f"backup {backup_id} cannot be read: "
+                                     f"{record.error or record.status}")
+            self._records[backup_id] = record
+        return record
+
+    async def find(self, backup_id: str) -> BackupRecord:
+        """`record`, listing the store first when the index does not know the id (it may have
+        been made elsewhere since the last refresh)."""
+        known = await self.bridge.run_index(self.index.get_backup, backup_id)
+        if known is None and time.monotonic() - self.last_refresh > REFRESH_AFTER_MISS:
+            await self.refresh()
+        return await self.record(backup_id)
+
+    async def list_backups(self, volume_id: str | None = None) -> list[BackupRecord]:
+        return await self.bridge.run_index(self.index.list_backups, volume_id)
+
+    # -- extents ---------------------------------------------------------------------------
+
+    async def spans(self, record: BackupRecord, offset: int, end: int) -> list[Span]:
+        """The spans serving [offset, end) of the backup's volume, clipped; `end` must be
+        within the volume."""
+        backup_id = record.backup_id
+        out: list[Span] = []
+        position = offset
+        while position < end:
+            page = self._pages.find(backup_id, position)
+            if page is None:
+                page = self._pages.add(
+                    backup_id, await self._lookup(backup_id, position, end - position))
+            starts, page_spans = page
+            i = max(bisect.bisect_right(starts, position) - 1, 0)
+            before = position
+            for span in page_spans[i:]:
+                if span.end <= position:
+                    continue
+                if span.offset >= end:
+                    break
+                out.append(span.clip(position, end))
+                position = out[-1].end
+            if position == before:
+                raise IndexCorrupt(f"backup {backup_id}: no extent covers offset {position}")
+        return out
+
+    async def _lookup(self, backup_id: str, offset: int, size: int) -> list[Span]:
+        self.lookups += 1
+        try:
+            _record, spans = await self.bridge.run_index(self.index.lookup, backup_id,
+                                                         offset, size, PAGE_SPANS)
+        except IndexCorrupt as exc:
+            log.error("index: %s; rebuilding it from the store", exc)
+            await self.rebuild()
+            _record, spans = await self.bridge.run_index(self.index.lookup, backup_id,
+                                                         offset, size, PAGE_SPANS)
+        return spans
+
+
+@contextlib.asynccontextmanager
+async def open_catalog(index_path: str | Path, store: ObjectStore, bridge: Bridge, *,
+                       refresh: bool = False) -> AsyncIterator[Catalog]:
+    """The catalogue of `store` on the index at `index_path`, refreshed from the store at
+    once when asked or when the index was just (re)created."""
+    index = await sync.open_index(index_path, bridge)
+    try:
+        catalog = Catalog(store, index, bridge)
+        if refresh or index.rebuilt:
+            await catalog.refresh()
+        yield catalog
+    finally:
+        with trio.CancelScope(shield=True):
+            await bridge.run_index(index.close)

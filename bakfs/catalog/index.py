@@ -1,0 +1,402 @@
+"""The LMDB chunk index: a catalog of volumes and backups, and per backup the extent map of its
+whole resolved incremental chain, so a read of any byte range finds its objects in O(log n).
+
+The index is a cache of the store, never the truth: a missing, corrupt or older-schema index
+is wiped and rebuilt from the `_metadata` objects (see `bakfs.catalog.sync`).
+
+Named databases (all keys big-endian so LMDB's byte order is numeric order):
+
+    meta      b"schema" -> SCHEMA_VERSION, b"next_seq" -> u32
+    backups   backup_id (utf-8) -> JSON `BackupRecord`
+    volumes   volume_id NUL timestamp NUL backup_id -> b""      (backups of a volume, in order)
+    objects   seq u32 | n u32 -> offset u64, length u64, md5 16 bytes, codec, name
+    extents   seq u32 | volume offset u64 -> length u64, kind u8, owner seq u32, owner n u32,
+              offset in object u64
+
+`seq` is a small number given to each indexed backup; an object is addressed by its backup's
+seq and its position in that backup's `objects` list. A backup's extents tile [0, size) and
+may point at objects of its ancestors. Kinds: data, hole (no object covers the range) and
+zero (an object whose md5 is the md5 of `length` zero bytes: never fetched).
+
+A backup becomes visible (status "ok") only in the transaction that finishes it; rows are
+written in bounded batches before that under status "building", which a later open purges.
+
+Blocking code, one short transaction per public call (begun and ended inside the call, never
+held across an await); callers on trio run these through `bakfs.threads`. Knows nothing of
+trio, boto3 or FUSE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from bakfs.cinder.metadata import ObjectEntry
+from bakfs.errors import BackupNotFound, IndexCorrupt
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = b"bakfs-index-2"  # 2: own_bytes, stored_bytes, codecs
+MAP_SIZE = 1 << 40  # address space only; the file grows as needed
+BATCH_ROWS = 20_000
+
+KIND_DATA = 0
+KIND_HOLE = 1
+KIND_ZERO = 2
+
+STATUS_OK = "ok"
+STATUS_BUILDING = "building"
+STATUS_BROKEN = "broken"
+
+_SEQ = struct.Struct(">I")
+_OBJ_KEY = struct.Struct(">II")
+_EXT_KEY = struct.Struct(">IQ")
+_OBJ_VAL = struct.Struct(">QQ16sB")  # offset, length, md5, len(codec); then codec, name
+_EXT_VAL = struct.Struct(">QBIIQ")  # length, kind, owner seq, owner n, offset in object
+NO_OWNER = 0xFFFFFFFF
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Span:
+    """A range of a backup's volume: served by [object_offset, +length) of `obj` (kind data),
+    or zeros (kind hole or zero, obj None for holes)."""
+
+    offset: int
+    length: int
+    kind: int
+    obj: ObjectEntry | None
+    object_offset: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+    def clip(self, start: int, end: int) -> Span:
+        start, end = max(start, self.offset), min(end, self.end)
+        return Span(start, end - start, self.kind, self.obj,
+                    self.object_offset + (start - self.offset))
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupRecord:
+    """A backup as the catalog knows it."""
+
+    backup_id: str
+    volume_id: str
+    prefix: str
+    timestamp: str
+    parent_id: str | None
+    created_at: str
+    name: str | None
+    description: str | None
+    size: int
+    chain: tuple[str, ...]  # ancestors' and own ids, full backup first
+    fingerprint: str  # of the `_metadata` object (size and date), to notice a rewrite
+    seq: int = 0
+    status: str = STATUS_BUILDING
+    error: str | None = None
+    object_count: int = 0
+    extent_count: int = 0
+    own_bytes: int = 0  # plain (uncompressed) bytes of this backup's own data objects
+    stored_bytes: int = 0  # what those objects occupy in the store (after compression)
+    codecs: tuple[str, ...] = ()  # the compression of its own objects, e.g. ("zstd",)
+    zero_objects: int = 0
+
+    def to_json(self) -> bytes:
+        doc = dataclasses.asdict(self)
+        doc["chain"] = list(self.chain)
+        doc["codecs"] = list(self.codecs)
+        return json.dumps(doc, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> BackupRecord:
+        try:
+            doc = json.loads(raw)
+            doc["chain"] = tuple(doc["chain"])
+            doc["codecs"] = tuple(doc["codecs"])
+            return cls(**doc)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise IndexCorrupt(f"unreadable backup record in the index: {exc}") from None
+
+
+def _volume_key(record: BackupRecord) -> bytes:
+    return b"\0".join((record.volume_id.encode(), record.timestamp.encode(),
+                       record.backup_id.encode()))
+
+
+class Index:
+    """The LMDB environment and its databases. Open with `Index.open(path)`."""
+
+    def __init__(self, path: Path, env: lmdb.Environment, rebuilt: str | None) -> None:
+        self.path = path
+        self.env = env
+        self.rebuilt = rebuilt  # why the index was wiped at open, or None
+        self._meta = env.open_db(b"meta")
+        self._backups = env.open_db(b"backups")
+        self._volumes = env.open_db(b"volumes")
+        self._objects = env.open_db(b"objects")
+        self._extents = env.open_db(b"extents")
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path) -> Index:
+        """Open the index at `path`, wiping it first when it is unreadable, of another schema
+        or left half-built; `rebuilt` then says why (the caller refreshes it from the store)."""
+        path = Path(path)
+        reason: str | None = None
+        env: lmdb.Environment | None = None
+        if path.is_dir() and not (path / "data.mdb").exists():
+            reason = "it was empty"  # made ahead by the user or a tool: nothing to warn about
+        elif path.exists():
+            try:
+                env = cls._open_env(path)
+                with env.begin() as txn:
+                    meta = env.open_db(b"meta", txn=txn, create=False)
+                    schema = txn.get(b"schema", db=meta)
+                if schema != SCHEMA_VERSION:
+                    reason = (f"schema {schema!r} is not {SCHEMA_VERSION!r}" if schema
+                              else "it has no schema mark")
+            except lmdb.NotFoundError:
+                reason = "it has no schema mark"
+            except lmdb.Error as exc:
+                reason = f"LMDB cannot open it ({exc})"
+            if reason is not None:
+                if env is not None:
+                    env.close()
+                    env = None
+                log.warning("index %s is not usable: %s; rebuilding it", path, reason)
+                shutil.rmtree(path, ignore_errors=True)
+        else:
+            reason = "it did not exist"
+        if env is None:
+            path.mkdir(parents=True, exist_ok=True)
+            env = cls._open_env(path)
+            with env.begin(write=True) as txn:
+                txn.put(b"schema", SCHEMA_VERSION, db=env.open_db(b"meta", txn=txn))
+        index = cls(path, env, reason)
+        index._purge_unfinished()
+        return index
+
+    @staticmethod
+    def _open_env(path: Path) -> lmdb.Environment:
+        return lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=8, subdir=True,
+                         readahead=False, max_readers=256)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def clear(self) -> None:
+        """Empty every database in one transaction (a rebuild while the environment stays
+        open for other threads; readers keep their snapshot until they end)."""
+        with self.env.begin(write=True) as txn:
+            for db in (self._backups, self._volumes, self._objects, self._extents, self._meta):
+                txn.drop(db, delete=False)
+            txn.put(b"schema", SCHEMA_VERSION, db=self._meta)
+
+    def _purge_unfinished(self) -> None:
+        for record in self.list_backups(include_unfinished=True):
+            if record.status == STATUS_BUILDING:
+                log.info("index: dropping half-built backup %s", record.backup_id)
+                self.drop_backup(record.backup_id)
+
+    # -- catalog reads ---------------------------------------------------------------------
+
+    def get_backup(self, backup_id: str) -> BackupRecord | None:
+        with self.env.begin() as txn:
+            raw = txn.get(backup_id.encode(), db=self._backups)
+        return None if raw is None else BackupRecord.from_json(raw)
+
+    def list_backups(self, volume_id: str | None = None,
+                     include_unfinished: bool = False) -> list[BackupRecord]:
+        """Backups (of one volume, or all) in volume, timestamp, id order."""
+        out = []
+        prefix = b"" if volume_id is None else volume_id.encode() + b"\0"
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self._volumes)
+            ok = cursor.set_range(prefix)
+            while ok:
+                key = bytes(cursor.key())
+                if not key.startswith(prefix):
+                    break
+                backup_id = key.rsplit(b"\0", 1)[-1]
+                raw = txn.get(backup_id, db=self._backups)
+                if raw is not None:
+                    record = BackupRecord.from_json(raw)
+                    if include_unfinished or record.status != STATUS_BUILDING:
+                        out.append(record)
+                ok = cursor.next()
+        return out
+
+    def list_volumes(self) -> list[str]:
+        return sorted({r.volume_id for r in self.list_backups()})
+
+    def stats(self) -> dict[str, int]:
+        with self.env.begin() as txn:
+            return {
+                "backups": txn.stat(self._backups)["entries"],
+                "objects": txn.stat(self._objects)["entries"],
+                "extents": txn.stat(self._extents)["entries"],
+            }
+
+    # -- extent lookups --------------------------------------------------------------------
+
+    def lookup(self, backup_id: str, offset: int, size: int,
+               more: int = 0) -> tuple[BackupRecord, list[Span]]:
+        """The spans (unclipped) that cover [offset, offset + size) of the backup's volume,
+        plus up to `more` following ones (for the caller's cache). One read transaction:
+        a B-tree seek and a cursor walk, never a scan of the whole map."""
+        with self.env.begin() as txn:
+            raw = txn.get(backup_id.encode(), db=self._backups)
+            if raw is None:
+                raise BackupNotFound(f"backup {backup_id} is not in the index")
+            record = BackupRecord.from_json(raw)
+            if record.status != STATUS_OK:
+                raise BackupNotFound(f"backup {backup_id} cannot be read: "
+                                     f"{record.error or record.status}")
+            end = min(offset + size, record.size)
+            spans: list[Span] = []
+            if offset >= record.size or size <= 0:
+                return record, spans
+            seq = _SEQ.pack(record.seq)
+            start_key = _EXT_KEY.pack(record.seq, offset)
+            cursor = txn.cursor(db=self._extents)
+            ok = cursor.set_range(start_key)
+            if not ok or bytes(cursor.key()) != start_key:
+                # the span covering `offset` starts before it: step back one
+                ok = cursor.prev() if ok else cursor.last()
+            objects: dict[tuple[int, int], ObjectEntry] = {}
+            extra = 0
+            while ok and bytes(cursor.key()[:4]) == seq:
+                span = self._span(txn, cursor.key(), cursor.value(), objects)
+                if not spans:
+                    if not span.offset <= offset < span.end:
+                        raise IndexCorrupt(f"backup {backup_id}: no extent covers {offset}")
+                elif span.offset != spans[-1].end:
+                    raise IndexCorrupt(f"backup {backup_id}: gap at {spans[-1].end}")
+                if span.offset >= end:
+                    extra += 1
+                    if extra > more:
+                        break
+                spans.append(span)
+                ok = cursor.next()
+            if not spans or spans[-1].end < end:
+                raise IndexCorrupt(f"backup {backup_id}: extents end before {end}")
+        return record, spans
+
+    def _span(self, txn: lmdb.Transaction, key: bytes, value: bytes,
+              objects: dict[tuple[int, int], ObjectEntry]) -> Span:
+        try:
+            _seq, offset = _EXT_KEY.unpack(key)
+            length, kind, owner, n, object_offset = _EXT_VAL.unpack(value)
+        except struct.error as exc:
+            raise IndexCorrupt(f"unreadable extent row: {exc}") from None
+        obj = None
+        if kind == KIND_DATA:
+            obj = objects.get((owner, n))
+            if obj is None:
+                raw = txn.get(_OBJ_KEY.pack(owner, n), db=self._objects)
+                if raw is None:
+                    raise IndexCorrupt(f"extent at {offset} names a missing object row")
+                obj = _decode_object(raw)
+                objects[(owner, n)] = obj
+        elif kind not in (KIND_HOLE, KIND_ZERO):
+            raise IndexCorrupt(f"extent at {offset} has unknown kind {kind}")
+        return Span(offset, length, kind, obj, object_offset)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def begin_backup(self, record: BackupRecord) -> int:
+        """Register a backup as being built; returns its seq. Replaces any earlier record of
+        the same id (drop it first to free its rows)."""
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"next_seq", db=self._meta)
+            seq = _SEQ.unpack(raw)[0] if raw else 1
+            txn.put(b"next_seq", _SEQ.pack(seq + 1), db=self._meta)
+            record = dataclasses.replace(record, seq=seq, status=STATUS_BUILDING)
+            txn.put(record.backup_id.encode(), record.to_json(), db=self._backups)
+            txn.put(_volume_key(record), b"", db=self._volumes)
+        return seq
+
+    def add_objects(self, seq: int, first_n: int, objects: Sequence[ObjectEntry]) -> None:
+        with self.env.begin(write=True) as txn:
+            for i, obj in enumerate(objects):
+                txn.put(_OBJ_KEY.pack(seq, first_n + i), _encode_object(obj),
+                        db=self._objects, append=False)
+
+    def add_extents(self, seq: int, rows: Iterable[tuple[int, int, int, int, int, int]]) -> None:
+        """Rows of (offset, length, kind, owner seq, owner n, offset in object)."""
+        with self.env.begin(write=True) as txn:
+            for offset, length, kind, owner, n, object_offset in rows:
+                txn.put(_EXT_KEY.pack(seq, offset),
+                        _EXT_VAL.pack(length, kind, owner, n, object_offset), db=self._extents)
+
+    def finish_backup(self, record: BackupRecord) -> None:
+        """Publish a built backup (status ok) or record it as broken, in one transaction."""
+        with self.env.begin(write=True) as txn:
+            txn.put(record.backup_id.encode(), record.to_json(), db=self._backups)
+            txn.put(_volume_key(record), b"", db=self._volumes)
+
+    def put_broken(self, record: BackupRecord) -> None:
+        """Catalog a backup that cannot be read (its chain is broken), with the reason."""
+        with self.env.begin(write=True) as txn:
+            txn.put(record.backup_id.encode(),
+                    dataclasses.replace(record, status=STATUS_BROKEN, seq=0).to_json(),
+                    db=self._backups)
+            txn.put(_volume_key(record), b"", db=self._volumes)
+
+    def drop_backup(self, backup_id: str) -> bool:
+        """Remove a backup and its rows, in bounded batches; the record goes first so no
+        reader sees a half-deleted map. False if it was not there."""
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(backup_id.encode(), db=self._backups)
+            if raw is None:
+                return False
+            record = BackupRecord.from_json(raw)
+            txn.delete(backup_id.encode(), db=self._backups)
+            txn.delete(_volume_key(record), db=self._volumes)
+        if record.seq:
+            for db in (self._extents, self._objects):
+                while self._delete_batch(db, _SEQ.pack(record.seq)):
+                    pass
+        return True
+
+    def _delete_batch(self, db: Any, prefix: bytes) -> bool:
+        """Delete up to BATCH_ROWS rows whose key starts with `prefix`; True if any were."""
+        deleted = 0
+        with self.env.begin(write=True) as txn:
+            cursor = txn.cursor(db=db)
+            if not cursor.set_range(prefix):
+                return False
+            while bytes(cursor.key()[:len(prefix)]) == prefix and deleted < BATCH_ROWS:
+                if not cursor.delete():
+                    break
+                deleted += 1
+                if not cursor.key():
+                    break
+        return deleted > 0
+
+
+def _encode_object(obj: ObjectEntry) -> bytes:
+    codec = obj.compression.encode()
+    return (_OBJ_VAL.pack(obj.offset, obj.length, bytes.fromhex(obj.md5), len(codec))
+            + codec + obj.name.encode())
+
+
+def _decode_object(raw: bytes) -> ObjectEntry:
+    try:
+        offset, length, md5, codec_len = _OBJ_VAL.unpack_from(raw)
+        start = _OBJ_VAL.size
+        codec = raw[start:start + codec_len].decode()
+        name = raw[start + codec_len:].decode()
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise IndexCorrupt(f"unreadable object row: {exc}") from None
+    return ObjectEntry(name, offset, length, codec, md5.hex())

@@ -1,0 +1,162 @@
+"""What is in the store, and keeping it tidy: the logic of `ls`, `delete` and `gc`.
+
+Everything is read from the objects themselves (Cinder-made backups included): a backup is
+complete when its `_metadata` exists; objects under a prefix without one are the orphans of an
+interrupted backup, unless a live writer holds the volume's lease for it. Blocking code;
+documents are read and objects deleted in parallel worker threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from bakfs.catalog.discovery import (
+    BackupRef,
+    backup_objects,
+    chronological,
+    find_backup,
+    load_metadata,
+    scan,
+)
+from bakfs.catalog.leases import LeaseInfo, live_lease
+from bakfs.cinder.metadata import BackupMetadata
+from bakfs.errors import BakfsError
+from bakfs.store.base import ObjectInfo, ObjectStore
+from bakfs.threads import parallel_map
+
+log = logging.getLogger(__name__)
+
+THREADS = 8
+
+
+@dataclasses.dataclass
+class BackupInfo:
+    """One backup as `ls` shows it."""
+
+    ref: BackupRef
+    metadata: BackupMetadata | None = None
+    size: int | None = None  # volume bytes, from the chain's full backup
+    error: str | None = None  # why a complete backup's metadata could not be read
+
+    @property
+    def complete(self) -> bool:
+        return self.ref.complete
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.ref.stored_bytes
+
+    @property
+    def kind(self) -> str:
+        if self.error is not None:
+            return "unreadable"
+        if self.metadata is None:
+            return "incomplete"
+        return "incremental" if self.metadata.parent_id else "full"
+
+    @property
+    def codecs(self) -> list[str]:
+        if self.metadata is None:
+            return []
+        return sorted({o.compression for o in self.metadata.objects})
+
+    def as_dict(self) -> dict[str, object]:
+        m = self.metadata
+        return {
+            "backup_id": self.ref.backup_id, "volume_id": self.ref.volume_id,
+            "parent_id": m.parent_id if m else None,
+            "created": m.created_at if m else None,
+            "started": self.ref.started_at.isoformat(), "kind": self.kind,
+            "complete": self.complete, "size": self.size,
+            "data_objects": self.ref.data_objects, "stored_bytes": self.stored_bytes,
+            "codecs": self.codecs, "name": m.backup_name if m else None,
+            "prefix": str(self.ref.prefix), "error": self.error,
+        }
+
+
+def survey(store: ObjectStore, volume_id: str | None = None) -> list[BackupInfo]:
+    """Every backup (complete or not) of one volume or all, oldest first per volume."""
+    backups = [BackupInfo(ref) for ref in scan(store, volume_id)]
+    complete = [b for b in backups if b.complete]
+
+    def load(backup: BackupInfo) -> None:
+        try:
+            backup.metadata = load_metadata(store, backup.ref)
+        except BakfsError as exc:  # one unreadable backup must not hide the others
+            backup.error = str(exc)
+
+    parallel_map(load, complete, THREADS)
+    by_id = {b.ref.backup_id: b for b in complete}
+    for backup in complete:
+        backup.size = _volume_size(backup, by_id)
+    ordered = {ref.backup_id: n for n, (ref, _meta) in enumerate(chronological(
+        [(b.ref, b.metadata) for b in complete if b.metadata is not None]))}
+    backups.sort(key=lambda b: (b.ref.volume_id, b.ref.prefix.timestamp,
+                                ordered.get(b.ref.backup_id, -1), b.ref.backup_id))
+    return backups
+
+
+def _volume_size(backup: BackupInfo, by_id: dict[str, BackupInfo]) -> int | None:
+    seen = set()
+    current: BackupInfo | None = backup
+    while current is not None and current.metadata is not None:
+        if current.metadata.parent_id is None:
+            return current.metadata.covered_size
+        if current.ref.backup_id in seen:
+            return None
+        seen.add(current.ref.backup_id)
+        current = by_id.get(current.metadata.parent_id)
+    return None
+
+
+def delete(store: ObjectStore, backup_id: str) -> int:
+    """Delete a backup no incremental depends on: `_metadata` first, so a half-deleted backup
+    is never listed as complete. Returns the number of objects removed."""
+    ref = find_backup(store, backup_id)
+    dependents = [b.ref.backup_id for b in survey(store, ref.volume_id)
+                  if b.metadata is not None and b.metadata.parent_id == backup_id]
+    if dependents:
+        raise BakfsError(f"backup {backup_id} has incremental backups that depend on it: "
+                         f"{', '.join(dependents)}; delete those first (newest first)")
+    objects = [o.key for o in backup_objects(store, ref)]
+    store.delete(ref.metadata_key)
+    parallel_map(store.delete, [k for k in objects if k != ref.metadata_key], THREADS)
+    return len(objects)
+
+
+@dataclasses.dataclass(frozen=True)
+class Orphan:
+    """The objects of an interrupted backup."""
+
+    ref: BackupRef
+    objects: tuple[ObjectInfo, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
+def find_orphans(store: ObjectStore, volume_id: str | None = None) -> list[Orphan]:
+    """Incomplete backups that no live writer is still making."""
+    orphans = []
+    leases: dict[str, LeaseInfo | None] = {}
+    for ref in scan(store, volume_id):
+        if ref.complete:
+            continue
+        vid = ref.volume_id
+        if vid not in leases:
+            leases[vid] = live_lease(store, vid)
+        lease = leases[vid]
+        if lease is not None and lease.backup_id == ref.backup_id:
+            log.info("skipping backup %s of volume %s: it is being written", ref.backup_id,
+                     vid)
+            continue
+        orphans.append(Orphan(ref, tuple(backup_objects(store, ref))))
+    return orphans
+
+
+def remove_orphans(store: ObjectStore, orphans: list[Orphan]) -> int:
+    keys = [o.key for orphan in orphans for o in orphan.objects]
+    parallel_map(store.delete, keys, THREADS)
+    return len(keys)

@@ -1,0 +1,179 @@
+"""`bakfs ls`, `verify`, `delete`, `gc`, `index` and `export-record`: what is in the store,
+and keeping it healthy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import trio
+
+from bakfs.catalog.discovery import find_backup, load_chain
+from bakfs.catalog.front import Catalog
+from bakfs.catalog.inventory import delete as remove_backup
+from bakfs.catalog.inventory import find_orphans, remove_orphans, survey
+from bakfs.catalog.sync import RefreshResult, open_index
+from bakfs.cinder import record as cinder_record
+from bakfs.cli.progress import human_bytes
+from bakfs.config import Config
+from bakfs.read.verify import verify
+from bakfs.store import open_store
+from bakfs.threads import Bridge
+from bakfs.tsm.records import list_records
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "ls":
+        return list_backups(config, args.volume, show_all=args.all, as_json=args.json)
+    if args.command == "verify":
+        return verify_backup(config, args.backup_id, deep=args.deep)
+    if args.command == "delete":
+        return delete_backup(config, args.backup_id)
+    if args.command == "gc":
+        return collect_garbage(config, args.volume, delete=args.delete, as_json=args.json)
+    if args.command == "index":
+        return index_command(config, args.index_action, as_json=args.json)
+    return export_record(config, args.backup_id, as_json=args.json)
+
+
+def export_record(config: Config, backup_id: str, as_json: bool = False) -> int:
+    """Print the `cinder backup-import` arguments for one backup."""
+    store = open_store(config)
+    try:
+        ref = find_backup(store, backup_id)
+        chain = load_chain(store, ref)
+    finally:
+        store.close()
+    metadata = chain[-1][1]
+    size = chain[0][1].covered_size
+    fields = cinder_record.backup_record(metadata, ref.prefix, config.s3.bucket, size)
+    url = cinder_record.backup_url(fields)
+    if as_json:
+        print(json.dumps(fields, indent=2))
+    if metadata.parent_id:
+        print(f"# import the parent {metadata.parent_id} first", file=sys.stderr)
+    print(f"cinder backup-import {cinder_record.S3_BACKUP_SERVICE} {url}")
+    return 0
+
+
+def list_backups(config: Config, volume_id: str | None, show_all: bool, as_json: bool) -> int:
+    store = open_store(config)
+    try:
+        backups = [b for b in survey(store, volume_id) if show_all or b.complete]
+        tsm = list_records(store, volume_id)  # backups kept in TSM, listed beside S3 ones
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps([b.as_dict() for b in backups] + [
+            {"backup_id": r.backup_id, "volume_id": r.volume_id, "kind": f"tsm-{r.mode}",
+             "complete": True, "size": r.size, "created": r.created_at.isoformat(),
+             "name": r.name} for r in tsm], indent=2))
+        return 0
+    for record in tsm:
+        print(f"volume {record.volume_id} (TSM): {record.backup_id}  "
+              f"{record.created_at:%Y-%m-%d %H:%M:%S}  {record.mode} mode  "
+              f"{human_bytes(record.size)}")
+    if not backups and not tsm:
+        print(f"no backups in {store.description}" + (f" for volume {volume_id}"
+                                                      if volume_id else ""))
+        return 0
+    volume = None
+    for b in backups:
+        if b.ref.volume_id != volume:
+            volume = b.ref.volume_id
+            print(f"volume {volume}")
+            print(f"  {'BACKUP':<36}  {'STARTED (UTC)':<19}  {'KIND':<11}  {'SIZE':>10}  "
+                  f"{'STORED':>10}  {'OBJECTS':>7}  {'CODEC':<9}  PARENT")
+        d = b.as_dict()
+        size = human_bytes(b.size) if b.size is not None else "?"
+        print(f"  {b.ref.backup_id:<36}  {b.ref.started_at:%Y-%m-%d %H:%M:%S}  {b.kind:<11}  "
+              f"{size:>10}  {human_bytes(b.stored_bytes):>10}  {d['data_objects']:>7}  "
+              f"{','.join(b.codecs) or '-':<9}  {d['parent_id'] or '-'}")
+        if b.error:
+            print(f"      cannot read its metadata: {b.error}")
+    return 0
+
+
+def verify_backup(config: Config, backup_id: str, deep: bool) -> int:
+    store = open_store(config)
+    try:
+        problems = verify(store, backup_id, deep=deep,
+                          report=lambda line: print(line, file=sys.stderr))
+    finally:
+        store.close()
+    for problem in problems:
+        print(f"BAD: {problem}")
+    if problems:
+        print(f"backup {backup_id}: {len(problems)} problems", file=sys.stderr)
+        return 1
+    print(f"backup {backup_id} is sound" + (" (every block checked)" if deep else ""))
+    return 0
+
+
+def delete_backup(config: Config, backup_id: str) -> int:
+    store = open_store(config)
+    try:
+        count = remove_backup(store, backup_id)
+    finally:
+        store.close()
+    print(f"deleted backup {backup_id} ({count} objects)")
+    return 0
+
+
+def collect_garbage(config: Config, volume_id: str | None, delete: bool, as_json: bool) -> int:
+    store = open_store(config)
+    try:
+        orphans = find_orphans(store, volume_id)
+        removed = remove_orphans(store, orphans) if delete else 0
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps({"deleted": delete, "orphans": [
+            {"backup_id": o.ref.backup_id, "volume_id": o.ref.volume_id,
+             "objects": [i.key for i in o.objects], "bytes": o.bytes} for o in orphans]},
+            indent=2))
+        return 0
+    for orphan in orphans:
+        print(f"{'removed' if delete else 'orphan'}: backup {orphan.ref.backup_id} of volume "
+              f"{orphan.ref.volume_id}: {len(orphan.objects)} objects, "
+              f"{human_bytes(orphan.bytes)}")
+    total = sum(o.bytes for o in orphans)
+    if delete:
+        print(f"removed {removed} objects ({human_bytes(total)})")
+    elif orphans:
+        print(f"{len(orphans)} interrupted backups, {human_bytes(total)}; run "
+              "`bakfs gc --delete` to remove them")
+    else:
+        print("no orphans")
+    return 0
+
+
+def index_command(config: Config, action: str, as_json: bool) -> int:
+    """`bakfs index refresh|rebuild [--json]`."""
+
+    async def main() -> RefreshResult:
+        bridge = Bridge.from_config(config)
+        store = open_store(config)
+        try:
+            index = await open_index(config.index.path, bridge, wipe=action == "rebuild")
+            try:
+                return await Catalog(store, index, bridge).refresh()
+            finally:
+                await bridge.run_index(index.close)
+        finally:
+            store.close()
+
+    result = trio.run(main)
+    if as_json:
+        doc = {"action": action, "index": str(config.index.path), **result.to_json()}
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"index {action}: {result.backups} backups of {result.volumes} volumes "
+              f"(added {len(result.added)}, removed {len(result.removed)}, "
+              f"unreadable {len(result.broken)}) in {result.seconds:.2f} s")
+        if result.rebuilt:
+            print(f"  rebuilt from nothing: {result.rebuilt}")
+        for backup_id, reason in sorted(result.broken.items()):
+            print(f"  unreadable {backup_id}: {reason}", file=sys.stderr)
+    return 0

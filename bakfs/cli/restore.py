@@ -1,0 +1,37 @@
+"""`bakfs restore BACKUP TARGET`: a progress bar (or JSON progress lines) and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+import trio
+
+from bakfs.cli.progress import Progress
+from bakfs.config import Config
+from bakfs.read.restore import RestoreResult, restore_with
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    bars: list[Progress] = []
+
+    def on_start(size: int) -> Callable[[int], None]:
+        bars.append(Progress("restore", size, json_lines=args.json))
+        return bars[0].update_to
+
+    async def main() -> RestoreResult:
+        return await restore_with(config, args.backup_id, args.target, on_start=on_start)
+
+    try:
+        result = trio.run(main)
+    finally:
+        for bar in bars:
+            bar.close()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(f"restored backup {args.backup_id} to {args.target}: {result.bytes} bytes in "
+              f"{result.seconds:.2f} s ({result.mb_per_s} MB/s), {result.objects_fetched} "
+              f"objects fetched, sha256 {result.sha256}")
+    return 0

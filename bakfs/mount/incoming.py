@@ -1,0 +1,238 @@
+"""Backups made by writing into the mount: `incoming/<volume id>` streamed into the backup
+sink, committed when the writer closes the file, abandoned when it was killed.
+
+A FUSE flush cannot tell a `close()` from the kernel closing the files of a process that is
+being killed; both look alike. So the writer's pid is kept from `create`, and at flush time a
+writer that is exiting because of a signal (`procfs.process_killed`) has its backup abandoned
+instead of committed. An incremental also commits only when exactly the parent's size was
+written. The parent is chosen by the service from what the index knows.
+
+Knows nothing of pyfuse3 or errno: it raises bakfs errors that `fuse_ops` maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from pathlib import Path
+
+import trio
+
+from bakfs.backup.plan import ParentCandidate, plan_backup
+from bakfs.backup.sink import BackupSink
+from bakfs.catalog.discovery import BackupRef
+from bakfs.catalog.leases import VolumeLease
+from bakfs.cinder.metadata import BackupMetadata
+from bakfs.config import Config
+from bakfs.errors import BackupFailed, BakfsError, OutOfOrderWrite, WriterKilled
+from bakfs.procfs import process_killed
+from bakfs.store.base import ObjectStore
+from bakfs.threads import Bridge
+from bakfs.tsm.operations import make_runner, make_tsm_backup
+from bakfs.tsm.records import TsmRecord
+from bakfs.tsm.runner import DsmcRunner
+
+log = logging.getLogger(__name__)
+
+
+class _WriterState:
+    """What both kinds of incoming backup check the same way: writes arrive in order, a
+    finished backup reports its outcome again, a killed writer abandons its backup."""
+
+    volume_id: str
+    writer_pid: int
+    backup_id: str
+    written: int
+    done: bool
+    result: object
+    error: str | None
+
+    def _check_write(self, offset: int) -> None:
+        if self.done:
+            raise BackupFailed(f"incoming/{self.volume_id}: the backup is already "
+                               f"{'committed' if self.result else 'abandoned'}")
+        if offset != self.written:
+            raise OutOfOrderWrite(
+                f"incoming/{self.volume_id}: write at offset {offset}, but {self.written} "
+                "bytes were written so far; backups are written sequentially (dd, cp, cat)")
+
+    def _outcome_again(self) -> object:
+        if self.result is not None:
+            return self.result
+        raise BackupFailed(self.error or f"incoming/{self.volume_id}: abandoned")
+
+    async def _killed_writer(self, bridge: Bridge) -> str | None:
+        """The reason to abandon the backup when its writer was killed, else None."""
+        if not await bridge.run_disk(process_killed, self.writer_pid):
+            return None
+        self.error = (f"incoming/{self.volume_id}: the writer (pid {self.writer_pid}) was "
+                      f"killed after {self.written} bytes; backup {self.backup_id} abandoned")
+        log.warning("%s", self.error)
+        return self.error
+
+
+@dataclasses.dataclass
+class IncomingBackup(_WriterState):
+    """One backup being written through `incoming/`."""
+
+    volume_id: str
+    writer_pid: int
+    sink: BackupSink
+    reason: str
+    bridge: Bridge
+    written: int = 0
+    done: bool = False
+    result: BackupRef | None = None
+    error: str | None = None
+
+    @classmethod
+    async def start(cls, nursery: trio.Nursery, store: ObjectStore, config: Config,
+                    volume_id: str, writer_pid: int, bridge: Bridge,
+                    parent: ParentCandidate | None) -> IncomingBackup:
+        """Plan (incremental on `parent` when it fits), take the volume's lease and start the
+        sink. VolumeBusy when another writer holds the volume."""
+        plan, reason = await bridge.run_s3(
+            lambda: plan_backup(store, config.s3, volume_id, None, parent=parent,
+                                description="written into the bakfs mount"))
+        lease = VolumeLease(store, volume_id, plan.backup_id)
+        await bridge.run_s3(lease.acquire)
+        try:
+            sink = await BackupSink.start(nursery, store, plan, lease, bridge)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await bridge.run_s3(lease.release)
+            raise
+        log.info("incoming/%s: backup %s started (%s)", volume_id, plan.backup_id, reason)
+        return cls(volume_id, writer_pid, sink, reason, bridge)
+
+    @property
+    def backup_id(self) -> str:
+        return self.sink.plan.backup_id
+
+    @property
+    def uploaded(self) -> int:
+        return self.sink.stats.bytes_uploaded
+
+    @property
+    def backend(self) -> str:
+        return "s3"
+
+    @property
+    def metadata(self) -> BackupMetadata | None:
+        """The committed `_metadata` (None before the commit)."""
+        return self.sink.metadata
+
+    async def write(self, offset: int, data: bytes) -> int:
+        self._check_write(offset)
+        await self.sink.write(data)
+        self.written += len(data)
+        return len(data)
+
+    async def finish(self) -> BackupRef:
+        """Commit (or, when the writer was killed, abandon); idempotent."""
+        if self.done:
+            return self._outcome_again()  # type: ignore[return-value]
+        self.done = True
+        if (killed := await self._killed_writer(self.bridge)) is not None:
+            await self.sink.abort()
+            raise WriterKilled(killed)
+        try:
+            self.result = await self.sink.commit()
+        except BakfsError as exc:
+            self.error = str(exc)
+            raise
+        log.info("incoming/%s: backup %s committed (%d bytes)", self.volume_id,
+                 self.backup_id, self.written)
+        return self.result
+
+    async def abandon(self, why: str) -> None:
+        if not self.done:
+            self.done = True
+            self.error = f"incoming/{self.volume_id}: {why}; backup {self.backup_id} abandoned"
+            log.warning("%s", self.error)
+            await self.sink.abort()
+
+
+@dataclasses.dataclass
+class TsmIncomingBackup(_WriterState):
+    """A backup written into `incoming/` for a volume kept in TSM: spooled to a local file
+    (sequentially, so memory stays flat), then handed to dsmc at close through the runner,
+    with its record committed to the store last. The same interface as IncomingBackup."""
+
+    volume_id: str
+    writer_pid: int
+    backup_id: str
+    spool: Path
+    store: ObjectStore
+    runner: DsmcRunner
+    max_size: int
+    bridge: Bridge
+    reason: str = "TSM backup (tsm.incoming_volumes)"
+    written: int = 0
+    uploaded: int = 0
+    done: bool = False
+    result: TsmRecord | None = None
+    error: str | None = None
+    backend: str = "tsm"
+
+    @classmethod
+    async def start(cls, store: ObjectStore, config: Config, volume_id: str,
+                    writer_pid: int, bridge: Bridge) -> TsmIncomingBackup:
+        backup_id = str(uuid.uuid4())
+        directory = Path(config.tsm.staging_path + "-incoming")
+        spool = directory / f"{volume_id}-{backup_id}.img"
+
+        def create() -> None:
+            directory.mkdir(parents=True, exist_ok=True)
+            spool.touch(mode=0o600, exist_ok=False)
+
+        await bridge.run_disk(create)
+        log.info("incoming/%s: TSM backup %s started, spooled to %s", volume_id, backup_id,
+                 spool)
+        return cls(volume_id, writer_pid, backup_id, spool, store, make_runner(config),
+                   config.tsm.staging_max_size, bridge)
+
+    async def write(self, offset: int, data: bytes) -> int:
+        self._check_write(offset)
+        if self.written + len(data) > self.max_size:
+            raise BackupFailed(f"incoming/{self.volume_id}: more than tsm.staging_max_size "
+                               f"({self.max_size} bytes) to spool for TSM")
+        await self.bridge.run_disk(_append, self.spool, data)
+        self.written += len(data)
+        return len(data)
+
+    async def finish(self) -> TsmRecord:
+        if self.done:
+            return self._outcome_again()  # type: ignore[return-value]
+        self.done = True
+        try:
+            if (killed := await self._killed_writer(self.bridge)) is not None:
+                raise WriterKilled(killed)
+            try:
+                self.result, _seconds = await self.bridge.run_s3(
+                    lambda: make_tsm_backup(self.store, self.runner, str(self.spool),
+                                            self.volume_id, self.backup_id,
+                                            description="written into the bakfs mount"))
+            except BakfsError as exc:
+                self.error = str(exc)
+                raise
+            self.uploaded = self.written
+            log.info("incoming/%s: TSM backup %s committed (%d bytes)", self.volume_id,
+                     self.backup_id, self.written)
+            return self.result
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.bridge.run_disk(lambda: self.spool.unlink(missing_ok=True))
+
+    async def abandon(self, why: str) -> None:
+        if not self.done:
+            self.done = True
+            self.error = f"incoming/{self.volume_id}: {why}; TSM backup {self.backup_id} abandoned"
+            log.warning("%s", self.error)
+            await self.bridge.run_disk(lambda: self.spool.unlink(missing_ok=True))
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)

@@ -1,0 +1,325 @@
+"""The service behind the FUSE handlers: the state they share and what they ask of it.
+
+`MountService` holds the tree, open handles, incoming writers, the TSM staging area and the
+counters. Every backup file's node carries the object that reads it (`bakfs.mount.readers`),
+so reading, opening and describing a file never asks which store keeps it. Backups made
+elsewhere appear at a refresh; a backup written into `incoming/` is added to the index and
+the tree at its commit, without listing the store.
+
+Async, on trio; blocking work through `bakfs.threads`. Knows nothing of pyfuse3 (see
+`fuse_ops`) or errno.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import os
+from pathlib import Path
+
+import trio
+
+from bakfs.backup.plan import ParentCandidate
+from bakfs.catalog.discovery import BackupRef
+from bakfs.catalog.index import BackupRecord
+from bakfs.cinder import naming
+from bakfs.config import Config
+from bakfs.errors import BakfsError, VolumeBusy
+from bakfs.mount import status
+from bakfs.mount.incoming import IncomingBackup, TsmIncomingBackup
+from bakfs.mount.namespace import METRICS, ROOT_INODE, Node, Tree
+from bakfs.mount.readers import Backup, S3Backup, TsmBackup, TsmStaging, record_time
+from bakfs.procfs import holds_open, mount_device
+from bakfs.read.engine import Engine
+from bakfs.tsm.records import TsmRecord, list_records
+
+log = logging.getLogger(__name__)
+
+Writer = IncomingBackup | TsmIncomingBackup
+READAHEAD_KB = 1024  # the kernel's FUSE request limit here is 1 MiB (max_pages_limit 256)
+
+
+@dataclasses.dataclass
+class Handle:
+    node: Node
+    data: bytes = b""  # status files: a snapshot taken at open
+    writer: Writer | None = None
+
+
+class MountService:
+    """What the FUSE handlers operate on."""
+
+    def __init__(self, config: Config, engine: Engine, tree: Tree) -> None:
+        self.config = config
+        self.engine = engine
+        self.catalog = engine.catalog
+        self.store = engine.store
+        self.bridge = engine.bridge
+        self.tree = tree
+        self.counters = status.Counters()
+        self.handles: dict[int, Handle] = {}
+        self.writers: dict[str, Writer | None] = {}  # None: claimed, still starting
+        self.served: dict[str, int] = {}  # bytes served per backup, for its xattr
+        self.nursery: trio.Nursery | None = None
+        self.mountpoint: Path | None = None
+        self.staging = TsmStaging()  # reads of TSM-held backups
+        self.tsm_records: list[TsmRecord] = []  # as last listed
+        self.listed = trio.Event()  # the store has been listed once since the start
+        self._tuned = False
+        self._fh = itertools.count(1)
+
+    async def first_request(self) -> None:
+        """Once, on the first request: the kernel has applied our INIT reply (which resets the
+        mount's read-ahead) and no backup file is open yet (a file keeps the read-ahead it was
+        opened with)."""
+        if not self._tuned and self.mountpoint is not None:
+            self._tuned = True
+            await self.bridge.run_disk(widen_readahead, self.mountpoint)
+
+    # -- catalog ---------------------------------------------------------------------------
+
+    async def refresh(self, *, list_store: bool = True, list_index: bool = True) -> None:
+        """Show backups made elsewhere (and drop deleted ones). `list_store=False` builds
+        the tree from the index as it is, without the store; `list_index=False` lists only
+        the TSM records (the index was just listed)."""
+        if list_store:
+            if list_index:
+                await self.catalog.refresh()
+            self.tsm_records = await self.bridge.run_s3(list_records, self.store)
+        await self._show()
+        self.counters.refreshes += 1
+
+    async def _show(self) -> None:
+        """Make the tree show what the index and the TSM records hold. Directory entries are
+        cached by the kernel for DIR_TIMEOUT seconds only and listings never, so changes show
+        without invalidation calls (which can deadlock when made while the kernel waits on
+        a request for the same inode)."""
+        records = [r for r in await self.catalog.list_backups() if r.status == "ok"]
+        backups: list[Backup] = [S3Backup(r, self.engine) for r in records]
+        backups += [TsmBackup(r, self.staging) for r in self.tsm_records]
+        self.tree.sync(backups)
+        if self.nursery is not None:
+            self.nursery.start_soon(self.measure_held)
+        else:
+            await self.measure_held()
+
+    async def measure_held(self) -> None:
+        """Bytes that are not holes or zero objects, per backup, so `du` and st_blocks tell
+        the truth (no object is fetched)."""
+        for node in self.tree.backups():
+            if node.held is not None or node.backup is None:
+                continue
+            try:
+                node.held = await node.backup.held()
+            except BakfsError as exc:
+                log.warning("cannot measure %s: %s", node.name, exc)
+
+    async def first_listing(self, *, index_listed: bool) -> None:
+        """At start, after the mount is up: list the store (the index's view was shown
+        meanwhile). Until this ends, a name the tree lacks waits for it (`wait_listed`)."""
+        try:
+            await self.refresh(list_index=not index_listed)
+        except BakfsError as exc:
+            log.warning("cannot list %s (%s): showing the %d backups the index knows, "
+                        "serving what the cache holds; retrying every %s s",
+                        self.store.description, exc, len(self.tree.backups()),
+                        self.config.index.refresh_interval)
+        finally:
+            self.listed.set()
+
+    async def wait_listed(self) -> None:
+        if not self.listed.is_set():
+            await self.listed.wait()
+
+    async def refresh_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.index.refresh_interval)
+            try:
+                await self.refresh()
+            except BakfsError as exc:
+                log.warning("refresh failed (the tree keeps what it showed): %s", exc)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def open_handle(self, node: Node) -> int:
+        fh = next(self._fh)
+        data = b""
+        if node.kind == "status":
+            data = (self.metrics() if node.name == METRICS else self.status()).encode()
+        if node.backup is not None:
+            node.backup.opened()
+        self.handles[fh] = Handle(node, data)
+        return fh
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self.handles[fh]
+        node = handle.node
+        if node.kind == "status":
+            return handle.data[offset:offset + size]
+        backup = node.backup
+        if backup is None:
+            raise BakfsError(f"{node.name} is not a backup file")
+        try:
+            data = await backup.read(offset, size, fh)
+        except BakfsError as exc:
+            self.counters.read_errors += 1
+            raise BakfsError(f"read of {node.name} (volume {node.volume_id}) at offset "
+                             f"{offset}, {size} bytes, failed: {exc}") from None
+        self.counters.reads += 1
+        self.counters.bytes_served += len(data)
+        self.served[backup.backup_id] = self.served.get(backup.backup_id, 0) + len(data)
+        return data
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh, None)
+        if handle is None:
+            return
+        if handle.node.backup is not None:
+            handle.node.backup.closed()
+        if handle.writer is not None and not handle.writer.done:
+            await self._end_writer(handle.writer, "the file was closed with nothing written")
+
+    # -- incoming --------------------------------------------------------------------------
+
+    async def start_incoming(self, volume_id: str, writer_pid: int) -> tuple[int, Node]:
+        if volume_id in self.writers:
+            current = self.writers[volume_id]
+            holder = f" (pid {current.writer_pid})" if current is not None else ""
+            raise VolumeBusy(f"incoming/{volume_id} is already being written{holder}")
+        assert self.nursery is not None
+        self.writers[volume_id] = None  # claim the name now
+        writer: Writer
+        try:
+            if self.config.tsm.takes_incoming(volume_id):
+                writer = await TsmIncomingBackup.start(self.store, self.config, volume_id,
+                                                       writer_pid, self.bridge)
+            else:
+                writer = await IncomingBackup.start(
+                    self.nursery, self.store, self.config, volume_id, writer_pid,
+                    self.bridge, await self._newest(volume_id))
+        except BaseException:
+            del self.writers[volume_id]
+            raise
+        self.writers[volume_id] = writer
+        node = self.tree.add_incoming(volume_id)
+        fh = next(self._fh)
+        self.handles[fh] = Handle(node, writer=writer)
+        return fh, node
+
+    async def _newest(self, volume_id: str) -> ParentCandidate | None:
+        """The volume's newest readable backup the index knows: the parent an incremental
+        written into incoming/ stands on (when it fits)."""
+        records = [r for r in await self.catalog.list_backups(volume_id) if r.status == "ok"]
+        if not records:
+            return None
+        newest = max(records, key=_newest_order)
+        return ParentCandidate(BackupRef(naming.parse_prefix(newest.prefix)), newest.size)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        writer = self.handles[fh].writer
+        if writer is None:
+            raise BakfsError("this file is not open for writing")
+        try:
+            return await writer.write(offset, data)
+        except BakfsError:
+            await self._end_writer(writer, "a write failed")
+            raise
+
+    async def finish(self, fh: int, *, closing: bool) -> None:
+        """Commit at the writer's close (flush) or fsync after data was written, so close()
+        reports a failed backup to the writer. A flush with nothing written yet is not the
+        end (dd and shells close a duplicate descriptor right after opening), nor is one
+        while the writer still holds the file (a child it forked closing its copy)."""
+        handle = self.handles.get(fh)
+        writer = handle.writer if handle else None
+        if writer is None or (writer.written == 0 and not writer.done):
+            return
+        if closing and not writer.done and self.mountpoint is not None:
+            path = str(self.mountpoint / "incoming" / writer.volume_id)
+            if await self.bridge.run_disk(holds_open, writer.writer_pid, path):
+                return
+        if writer.done:  # a later flush or fsync: the same outcome again, counted once
+            await writer.finish()
+            return
+        try:
+            committed = await writer.finish()
+            self.counters.backups_committed += 1
+        except BakfsError:
+            self.counters.backups_failed += 1
+            raise
+        finally:
+            self._forget_writer(writer)
+        await self._show_committed(writer, committed)
+
+    async def _show_committed(self, writer: Writer, committed: BackupRef | TsmRecord) -> None:
+        """Put a backup just committed through incoming/ into the index and the tree."""
+        if isinstance(committed, TsmRecord):
+            self.tsm_records.append(committed)
+        elif isinstance(writer, IncomingBackup) and writer.metadata is not None:
+            try:
+                await self.catalog.add(committed, writer.metadata)
+            except BakfsError as exc:  # committed all the same: the next refresh shows it
+                log.warning("backup %s is committed but could not be indexed yet: %s",
+                            committed.backup_id, exc)
+        await self._show()
+
+    async def _end_writer(self, writer: Writer, why: str) -> None:
+        await writer.abandon(why)
+        self.counters.backups_failed += 1
+        self._forget_writer(writer)
+
+    def _forget_writer(self, writer: Writer) -> None:
+        if self.writers.get(writer.volume_id) is writer:
+            del self.writers[writer.volume_id]
+            self.tree.remove_incoming(writer.volume_id)
+
+    async def abandon_all(self) -> None:
+        for writer in list(self.writers.values()):
+            if writer is not None:
+                await self._end_writer(writer, "the mount is going away")
+
+    # -- attributes and status -------------------------------------------------------------
+
+    def _active_writers(self) -> list[Writer]:
+        return [w for w in self.writers.values() if w is not None]
+
+    async def xattrs(self, node: Node) -> dict[str, str]:
+        if node.inode == ROOT_INODE:
+            return status.root_xattrs(os.getpid(), len(self.writers), self.store.description)
+        if node.kind == "incoming":
+            writer = self.writers.get(node.volume_id or "")
+            return {} if writer is None else status.writer_xattrs(writer)
+        if node.kind == "backup" and node.backup is not None:
+            return node.backup.xattrs(self.served.get(node.backup.backup_id, 0))
+        return {}
+
+    def status(self) -> str:
+        manager = self.staging.manager
+        return status.status_text(
+            self.store.description, len(self.tree.backups()), self.counters,
+            self.engine.cache.stats, manager.all_progress() if manager else None,
+            self.staging.error, self._active_writers())
+
+    def metrics(self) -> str:
+        return status.metrics_text(self.counters, self.engine.cache.stats, len(self.writers))
+
+
+def _newest_order(record: BackupRecord) -> tuple[str, float, int, str]:
+    """Newest last, as `catalog.discovery.chronological` orders backups."""
+    return record.timestamp, record_time(record), len(record.chain), record.backup_id
+
+
+def widen_readahead(mountpoint: Path) -> None:
+    """Let the kernel read ahead 1 MiB instead of 128 KiB: a sequential `dd` then reaches us
+    in 1 MiB requests, an eighth of the per-request overhead. Needs root; optional."""
+    # The device number comes from mountinfo: a stat() of the mountpoint would ask this very
+    # daemon, whose request loop is not running yet.
+    device = mount_device(os.path.abspath(mountpoint))  # no resolve(): it would lstat the mount
+    if device is None:
+        return
+    knob = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+    try:
+        knob.write_text(str(READAHEAD_KB))
+    except OSError as exc:
+        log.debug("kept the kernel's default read-ahead (%s: %s)", knob, exc.strerror)
