@@ -1,0 +1,156 @@
+"""The mount's service without FUSE: the handlers' calls made directly, on the embedded local
+store, a real LMDB index and a real chunk cache."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from bakfs.backup.simple import write_backup
+from bakfs.catalog.discovery import find_backups, load_metadata
+from bakfs.config import CacheOptions, Config, IndexOptions, KiB, S3Options
+from bakfs.errors import BackupFailed, OutOfOrderWrite, VolumeBusy
+from bakfs.mount.namespace import LATEST, METRICS, ROOT_INODE, STATUS, Node, Tree
+from bakfs.mount.service import MountService
+from bakfs.read.engine import open_engine
+from bakfs.store.localdir import LocalStore
+from tests.read.conftest import CountingStore
+
+BLOCK = 4 * KiB
+OBJECT = 64 * KiB
+SIZE = 5 * OBJECT + 1234
+
+
+def _config(tmp_path: Path) -> Config:
+    return Config(s3=S3Options(object_size=OBJECT, block_size=BLOCK),
+                  cache=CacheOptions(path=str(tmp_path / "cache"), max_size=16 << 20,
+                                     memory_size=1 << 20, readahead_max=256 * KiB),
+                  index=IndexOptions(path=str(tmp_path / "index")))
+
+
+def _image(seed: int) -> bytes:
+    rng = random.Random(seed)
+    data = bytearray(SIZE)
+    for start in range(0, SIZE, BLOCK):
+        if rng.random() < 0.6:
+            data[start:start + BLOCK] = rng.randbytes(BLOCK)[:SIZE - start]
+    return bytes(data)
+
+
+def _serve(tmp_path: Path, store: CountingStore,
+           body: Callable[[MountService], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with open_engine(_config(tmp_path), store) as engine, \
+                trio.open_nursery() as nursery:
+            service = MountService(engine.config, engine, Tree(0.0))
+            service.nursery = nursery
+            await service.refresh()
+            await body(service)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def _backup_node(service: MountService, volume: str, backup_id: str) -> Node:
+    directory = service.tree.lookup(ROOT_INODE, volume)
+    assert directory is not None
+    return next(n for n in service.tree.listing(directory.inode) if n.name.endswith(backup_id))
+
+
+@pytest.fixture
+def store(local_store: LocalStore) -> CountingStore:
+    return CountingStore(local_store)
+
+
+def test_reads_through_a_backup_node_count_and_describe_it(
+        tmp_path: Path, local_store: LocalStore, store: CountingStore) -> None:
+    image = _image(1)
+    ref = write_backup(local_store, io.BytesIO(image), "vol-r",
+                       S3Options(object_size=OBJECT, block_size=BLOCK))
+
+    async def body(service: MountService) -> None:
+        node = _backup_node(service, "vol-r", ref.backup_id)
+        assert node.size == SIZE
+        fh = service.open_handle(node)
+        assert await service.read(fh, 0, SIZE) == image
+        assert await service.read(fh, SIZE - 10, 100) == image[-10:]
+        await service.release(fh)
+        attrs = await service.xattrs(node)
+        assert attrs["user.bakfs.backup_id"] == ref.backup_id
+        assert attrs["user.bakfs.bytes_served"] == str(SIZE + 10)
+        assert service.counters.reads == 2 and service.counters.bytes_served == SIZE + 10
+        await service.measure_held()
+        assert 0 < node.held <= SIZE  # type: ignore[operator]
+        root = await service.xattrs(service.tree.root)
+        assert root["user.bakfs.pid"] == str(os.getpid()) and root["user.bakfs.writers"] == "0"
+        status = service.tree.lookup(ROOT_INODE, STATUS)
+        metrics = service.tree.lookup(ROOT_INODE, METRICS)
+        assert status is not None and metrics is not None
+        text = await service.read(service.open_handle(status), 0, 1 << 16)
+        assert b"backups shown: 1" in text and b"reads: 2" in text
+        prom = await service.read(service.open_handle(metrics), 0, 1 << 16)
+        assert b"bakfs_reads_total 2" in prom
+
+    _serve(tmp_path, store, body)
+
+
+def test_incoming_backups_are_planned_from_the_index_and_shown_without_a_listing(
+        tmp_path: Path, local_store: LocalStore, store: CountingStore) -> None:
+    first, second = _image(2), bytearray(_image(2))
+    second[OBJECT:OBJECT + BLOCK] = bytes(reversed(second[OBJECT:OBJECT + BLOCK]))
+    pid = os.getpid()  # a live writer that was not killed
+
+    async def write(service: MountService, data: bytes) -> None:
+        fh, node = await service.start_incoming("vol-in", pid)
+        assert service.tree.lookup(service.tree.incoming.inode, "vol-in") is node
+        for start in range(0, len(data), 100_000):
+            await service.write(fh, start, data[start:start + 100_000])
+        await service.finish(fh, closing=True)
+        await service.release(fh)
+
+    async def body(service: MountService) -> None:
+        await write(service, first)
+        listings = len(store.lists)
+        await write(service, bytes(second))
+        # the commit put the backup into the index and the tree: no listing of backups
+        assert [p for p in store.lists[listings:] if p.startswith("volume_")] == []
+        directory = service.tree.lookup(ROOT_INODE, "vol-in")
+        assert directory is not None
+        files = [n for n in service.tree.listing(directory.inode) if n.kind == "backup"]
+        assert len(files) == 2 and service.counters.backups_committed == 2
+        latest = service.tree.lookup(directory.inode, LATEST)
+        newest = max(files, key=lambda n: n.mtime)
+        assert latest is not None and latest.target == newest.name
+        fh = service.open_handle(newest)
+        assert await service.read(fh, 0, SIZE) == bytes(second)
+        assert service.tree.listing(service.tree.incoming.inode) == []
+
+    _serve(tmp_path, store, body)
+    refs = find_backups(local_store, "vol-in")
+    parents = sorted(load_metadata(local_store, r).parent_id or "" for r in refs)
+    assert parents[0] == "" and parents[1] in {r.backup_id for r in refs}  # an incremental
+
+
+def test_a_second_writer_is_busy_and_out_of_order_writes_fail(
+        tmp_path: Path, store: CountingStore) -> None:
+    async def body(service: MountService) -> None:
+        fh, _node = await service.start_incoming("vol-busy", os.getpid())
+        with pytest.raises(VolumeBusy):
+            await service.start_incoming("vol-busy", os.getpid())
+        await service.write(fh, 0, b"x" * 1000)
+        with pytest.raises(OutOfOrderWrite):
+            await service.write(fh, 5000, b"y")
+        # the failed write abandoned the backup: the name is free again, nothing committed
+        assert "vol-busy" not in service.writers
+        with pytest.raises(BackupFailed):
+            await service.finish(fh, closing=True)
+        assert service.counters.backups_failed == 1
+
+    _serve(tmp_path, store, body)
+    assert find_backups(store.inner, "vol-busy") == []  # type: ignore[arg-type]
