@@ -11,6 +11,8 @@ from __future__ import annotations
 import bz2
 import hashlib
 import zlib
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import zstandard
 
@@ -120,3 +122,114 @@ def verify(data: bytes | memoryview, length: int, md5: str, key: str) -> None:
     actual = md5_hex(data)
     if actual != md5.lower():
         raise IntegrityError(f"object {key}: md5 {actual} differs from the recorded {md5}", key)
+
+
+def decode_stream(chunks: Iterable[bytes], recorded: str, length: int, md5: str,
+                  key: str) -> tuple[bytearray, int]:
+    """Decode a stored object as its bytes arrive, into a buffer of exactly the recorded
+    length, hashing as it fills; returns (verified plain bytes, stored bytes consumed).
+
+    Decoding overlaps the transfer instead of following it, no copy of the stored object is
+    kept, and output past the recorded length is an error at once (no bomb gets past it).
+    IntegrityError names the object when it cannot be decoded, is longer or shorter than
+    recorded, or its md5 differs.
+    """
+    kind = family(recorded)
+    out = bytearray(length)
+    view = memoryview(out)
+    source = _Counted(chunks)
+    try:
+        if kind == "zstd":
+            filled, extra = _zstd_into(source, view)
+        elif kind == "none":
+            filled, extra = _copy_into(source, view)
+        else:
+            decoder = zlib.decompressobj() if kind == "zlib" else bz2.BZ2Decompressor()
+            filled, extra = _decompressobj_into(source, view, decoder, kind)
+    except (zlib.error, OSError, ValueError, EOFError, zstandard.ZstdError) as exc:
+        raise IntegrityError(f"object {key}: cannot decompress as {recorded}: {exc}",
+                             key) from None
+    if extra or filled != length:
+        raise IntegrityError(f"object {key}: decoded length {'over ' if extra else ''}"
+                             f"{filled} differs from the recorded {length}", key)
+    actual = hashlib.md5(view, usedforsecurity=False).hexdigest()
+    if actual != md5.lower():
+        raise IntegrityError(f"object {key}: md5 {actual} differs from the recorded {md5}",
+                             key)
+    return out, source.consumed
+
+
+class _Counted:
+    """The stored bytes as a file-like source for zstandard (a read returns the next chunk,
+    however long), counting what was consumed."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks: Iterator[bytes] = iter(chunks)
+        self.consumed = 0
+
+    def read(self, _size: int = -1) -> bytes:
+        chunk = next(self._chunks, b"")
+        self.consumed += len(chunk)
+        return chunk
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read():
+            yield chunk
+
+
+def _zstd_into(source: _Counted, view: memoryview) -> tuple[int, bool]:
+    """Every frame (zstandard's one-shot decoder stops at the first) straight into view."""
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        source, read_size=256 << 10, read_across_frames=True)  # type: ignore[arg-type]
+    filled = 0
+    while filled < len(view):
+        n = reader.readinto(view[filled:])
+        if not n:
+            break
+        filled += n
+    return filled, bool(reader.read(1))
+
+
+def _copy_into(source: _Counted, view: memoryview) -> tuple[int, bool]:
+    filled = 0
+    for chunk in source:
+        take = min(len(chunk), len(view) - filled)
+        view[filled:filled + take] = chunk[:take]
+        filled += take
+        if take < len(chunk):
+            return filled, True
+    return filled, False
+
+
+def _decompressobj_into(source: _Counted, view: memoryview, decoder: Any,
+                        kind: str) -> tuple[int, bool]:
+    """zlib and bz2, bounded: never more than one byte past the recorded length is made."""
+    filled = 0
+    for chunk in source:
+        if kind == "bz2" and decoder.eof:
+            return filled, True  # bytes after the end of the stream
+        data = chunk
+        while True:
+            room = len(view) - filled + 1  # one more than fits shows a longer object
+            piece = decoder.decompress(data, room)
+            if len(piece) > len(view) - filled:
+                return filled + len(piece), True
+            view[filled:filled + len(piece)] = piece
+            filled += len(piece)
+            if kind == "zlib":
+                data = decoder.unconsumed_tail
+                if not data:
+                    break
+            else:
+                data = b""
+                if decoder.eof or decoder.needs_input:
+                    break
+    if kind == "zlib":
+        tail = decoder.flush()
+        if len(tail) > len(view) - filled:
+            return filled + len(tail), True
+        view[filled:filled + len(tail)] = tail
+        filled += len(tail)
+    elif not decoder.eof:
+        raise EOFError("truncated bz2 stream")
+    return filled, False

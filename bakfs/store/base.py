@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Protocol
 
+CHUNK = 256 << 10  # pieces of a streamed GET
+
 
 @dataclasses.dataclass(frozen=True)
 class ObjectInfo:
@@ -46,6 +48,11 @@ class ObjectStore(Protocol):
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         """The object's bytes, or bytes [start, end) of it."""
+        ...
+
+    def iter_object(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        """The object's bytes as they arrive, in pieces of about `chunk_size`; errors while
+        streaming are this store's errors too."""
         ...
 
     def head(self, key: str) -> ObjectInfo:

@@ -1,15 +1,25 @@
 """Data objects as every reader takes them: the stored bytes decompressed and checked against
 the length and md5 their `_metadata` records, so no reader ever sees unverified bytes.
 
-Blocking code: `fetch_verified` calls the store; `decode_verified` is CPU work only (callers
-on trio run the two in an s3 and a cpu thread respectively).
+`fetch_counted` streams: it decodes and hashes each piece as the GET delivers it, so a fetch
+costs the transfer or the CPU work, whichever is longer, rather than their sum, and holds no
+copy of the stored object. A GET that breaks after its first bytes is made again (the
+request itself was already retried by the store). Blocking code: it calls the store.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 from bakfs.cinder import codec
 from bakfs.cinder.metadata import ObjectEntry
+from bakfs.errors import StoreUnreachable
 from bakfs.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+STREAM_ATTEMPTS = 3
 
 
 def decode_verified(body: bytes, obj: ObjectEntry) -> bytes:
@@ -19,9 +29,30 @@ def decode_verified(body: bytes, obj: ObjectEntry) -> bytes:
     return plain
 
 
-def fetch_verified(store: ObjectStore, obj: ObjectEntry) -> bytes:
+def fetch_verified(store: ObjectStore, obj: ObjectEntry) -> bytes | bytearray:
     """GET one data object and return its verified plain bytes."""
-    return decode_verified(store.get(obj.name), obj)
+    return fetch_counted(store, obj)[0]
+
+
+def fetch_counted(store: ObjectStore, obj: ObjectEntry) -> tuple[bytearray, int]:
+    """(verified plain bytes, stored bytes transferred) of one data object, streamed."""
+    for attempt in range(1, STREAM_ATTEMPTS + 1):
+        received = [0]
+        try:
+            return codec.decode_stream(_counting(store.iter_object(obj.name), received),
+                                       obj.compression, obj.length, obj.md5, obj.name)
+        except StoreUnreachable as exc:
+            if not received[0] or attempt == STREAM_ATTEMPTS:
+                raise
+            log.warning("GET %s broke after %d bytes (%s); attempt %d of %d", obj.name,
+                        received[0], exc, attempt + 1, STREAM_ATTEMPTS)
+    raise AssertionError("unreachable")
+
+
+def _counting(chunks: Iterator[bytes], received: list[int]) -> Iterator[bytes]:
+    for chunk in chunks:
+        received[0] += len(chunk)
+        yield chunk
 
 
 def matches(plain: bytes, obj: ObjectEntry) -> bool:

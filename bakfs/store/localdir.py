@@ -30,7 +30,7 @@ from bakfs.errors import (
     StoreRefused,
     StoreUnreachable,
 )
-from bakfs.store.base import ObjectInfo, describe_local
+from bakfs.store.base import CHUNK, ObjectInfo, describe_local
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,24 @@ class LocalStore:
                 raise IntegrityError(f"{self.description}: {key} has md5 {actual}, but "
                                      f"{expected} was stored: the file was damaged", key)
         return data
+
+    def iter_object(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        """Pieces of the file; no whole-object MD5 check here (a reader that streams checks
+        the plain bytes it decodes instead)."""
+        path = self._file(key)
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise _os_error(exc, f"read {key} from {self.description}", key) from exc
+        with f:
+            while True:
+                try:
+                    chunk = f.read(chunk_size)
+                except OSError as exc:
+                    raise _os_error(exc, f"read {key} from {self.description}", key) from exc
+                if not chunk:
+                    return
+                yield chunk
 
     def head(self, key: str) -> ObjectInfo:
         path = self._file(key)

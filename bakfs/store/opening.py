@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 
-from bakfs.store.base import ObjectInfo, ObjectStore
+from bakfs.store.base import CHUNK, ObjectInfo, ObjectStore
 from bakfs.threads import Background
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,9 @@ class OpeningStore:
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         return self.wait().get(key, byte_range)
+
+    def iter_object(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        return self.wait().iter_object(key, chunk_size)
 
     def head(self, key: str) -> ObjectInfo:
         return self.wait().head(key)

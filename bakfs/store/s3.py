@@ -35,7 +35,7 @@ from bakfs.errors import (
     StoreRefused,
     StoreUnreachable,
 )
-from bakfs.store.base import ObjectInfo, describe_s3
+from bakfs.store.base import CHUNK, ObjectInfo, describe_s3
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,17 @@ class S3Store:
                     log.log(level, "GET %s: body read failed (%s), attempt %d of %d",
                             key, exc, attempt, attempts)
         raise AssertionError("unreachable")
+
+    def iter_object(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key, **self._sse}
+        with self._errors("GET", key):
+            response = self._client.get_object(**args)
+        body = response["Body"]
+        try:
+            with self._errors("GET", key):
+                yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
 
     def head(self, key: str) -> ObjectInfo:
         with self._errors("HEAD", key):

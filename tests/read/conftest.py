@@ -56,6 +56,11 @@ class CountingStore:
             self.gets[key] += 1
         return self.inner.get(key, byte_range)
 
+    def iter_object(self, key: str, chunk_size: int = 256 << 10) -> Iterator[bytes]:
+        with self._lock:
+            self.gets[key] += 1
+        return self.inner.iter_object(key, chunk_size)
+
     def head(self, key: str) -> ObjectInfo:
         return self.inner.head(key)
 
@@ -240,4 +245,4 @@ def module_config(rgw: S3Server, bucket: str, work: Path, **cache: object) -> Co
 async def read_backup(engine: Engine, backup_id: str, offset: int, size: int,
                stream: object = None) -> bytes:
     """Bytes of a backup named by id, found as a command naming a backup finds it."""
-    return await engine.read(await engine.catalog.find(backup_id), offset, size, stream)
+    return bytes(await engine.read(await engine.catalog.find(backup_id), offset, size, stream))
