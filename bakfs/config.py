@@ -187,6 +187,9 @@ class CacheOptions:
                             size=True)
     readahead_max: int = _opt(64 * MiB, "largest read-ahead window of a sequential reader",
                               size=True)
+    keep_sequential: bool = _opt(
+        False, "also keep on disk the objects read by sequential streams (dd, cp, restore); "
+               "off: a full read of a volume does not evict the objects random readers use")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ catch.
     │   ├── BadMetadata             `_metadata` / `_sha256file` unreadable or inconsistent
     │   └── UnsupportedCompression  a compression name Cinder does not know
     ├── IntegrityError              object bytes fail their length or md5 check
+    ├── CacheDamaged                a chunk cache file fails its checksum (never served)
     ├── StoreError                  the object store could not do what was asked
     │   ├── StoreUnreachable        cannot reach the store (connection, DNS, timeout)
     │   └── StoreRefused            the store answered with an error
@@ -76,6 +77,10 @@ class IntegrityError(BakfsError):
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class CacheDamaged(BakfsError):
+    """A chunk cache file whose bytes fail their checksum: deleted and fetched again."""
 
 
 class StoreError(BakfsError):

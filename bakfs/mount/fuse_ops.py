@@ -179,7 +179,8 @@ class Operations(pyfuse3.Operations):
         return info
 
     @_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        """A view of cached bytes is replied as it is: pyfuse3 takes any buffer."""
         return await self.service.read(fh, off, size)
 
     @_errors

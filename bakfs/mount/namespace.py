@@ -61,7 +61,7 @@ class BackupFile(Protocol):
     def closed(self) -> None:
         """A file handle of it was closed."""
 
-    async def read(self, offset: int, size: int, stream: object) -> bytes:
+    async def read(self, offset: int, size: int, stream: object) -> bytes | memoryview:
         """Bytes [offset, offset + size) (fewer at its end); `stream` names the reader."""
         ...
 

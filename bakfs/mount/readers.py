@@ -49,7 +49,7 @@ class S3Backup:
     def closed(self) -> None:
         """A file handle was closed."""
 
-    async def read(self, offset: int, size: int, stream: object) -> bytes:
+    async def read(self, offset: int, size: int, stream: object) -> bytes | memoryview:
         return await self.engine.read(self.record, offset, size, stream=stream)
 
     async def held(self) -> int:
@@ -100,7 +100,7 @@ class TsmBackup:
         if self.staging.manager is not None:
             self.staging.manager.unpin(self.backup_id)
 
-    async def read(self, offset: int, size: int, stream: object) -> bytes:
+    async def read(self, offset: int, size: int, stream: object) -> bytes | memoryview:
         return await self.staging.get().read(self.record, offset, size)
 
     async def held(self) -> int:

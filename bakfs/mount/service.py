@@ -152,7 +152,7 @@ class MountService:
         self.handles[fh] = Handle(node, data)
         return fh
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self.handles[fh]
         node = handle.node
         if node.kind == "status":

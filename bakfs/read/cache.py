@@ -20,11 +20,14 @@ Protocol (docs/read-engine.md has the long form):
   object larger than the bound is served but not kept.
 * LRU: the in-memory mirror (`_disk`, oldest first) is the order; last-use ticks of hits are
   written to LMDB in batches, so a restart keeps a close approximation of it.
-* Files are trusted only once checked: a file this process did not write is read whole and
-  its md5 compared with its key before any byte of it is served (once per process; then
-  ranges are read directly). A damaged file is deleted and the object fetched again, so a
-  bit flipped on the cache disk, or a file changed while bakfs was not running, is never
-  served.
+* Damage is never served: each file carries a crc32 of every 64 KiB block
+  (`bakfs.read.cachefile`), and every read from disk checks the blocks it touches. A file
+  that fails is deleted, logged, and the object fetched again, whether a bit flipped while
+  bakfs ran or the file changed while it did not.
+* Scan resistance: a fetch made for a sequential stream (`keep=False`: `dd`, a restore, their
+  read-ahead) lands in the memory layer only, not on disk, unless `cache.keep_sequential`;
+  a full read of a large volume would otherwise evict every hot object for bytes it reads
+  once, and pay a disk write per object.
 
 Async, over `bakfs.threads`: store GETs in s3 threads, decompression and md5 in cpu threads,
 files in disk threads, the LMDB bookkeeping in index threads. Knows nothing of FUSE or of the
@@ -50,19 +53,21 @@ import lmdb
 import trio
 
 from bakfs.cinder.metadata import ObjectEntry
-from bakfs.errors import BakfsError
-from bakfs.read.direct import DirectWriter
+from bakfs.errors import BakfsError, CacheDamaged
+from bakfs.read import cachefile
 from bakfs.store.base import ObjectStore
-from bakfs.store.decode import decode_verified, matches
+from bakfs.store.decode import fetch_counted
 from bakfs.threads import Bridge, plain_errors
 
 log = logging.getLogger(__name__)
 
-_ENTRY = struct.Struct(">QQ")  # size, last-use tick
+Plain = bytes | bytearray  # an object's verified plain bytes (never changed once made)
+
+_ENTRY = struct.Struct(">QQ")  # size on disk, last-use tick
+FORMAT = b"bakfs-cache-2"  # 2: files carry block checksums (cachefile)
 TOUCH_BATCH = 256
 # cache files kept open for non-blocking page-cache reads: a quarter of the fd limit
 MAX_FDS = max(32, min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
-_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 NOWAIT_MAX = 256 << 10  # larger reads copy too long for the trio thread: a disk thread reads
 WRITE_BACKLOG = 32 << 20  # bytes of disk writes left to run in the background
 
@@ -76,7 +81,7 @@ class CacheStats:
     joined: int = 0  # reads that waited for another reader's fetch
     disk_writes: int = 0
     evictions: int = 0
-    damaged: int = 0  # cache files whose bytes no longer matched their md5
+    damaged: int = 0  # cache files whose bytes failed their checksum
 
 
 class _Flight:
@@ -84,7 +89,7 @@ class _Flight:
 
     def __init__(self) -> None:
         self.event = trio.Event()
-        self.data: bytes | None = None
+        self.data: Plain | None = None
         self.error: BakfsError | None = None
 
 
@@ -93,17 +98,19 @@ class ChunkCache:
 
     def __init__(self, path: Path, store: ObjectStore, bridge: Bridge, max_size: int,
                  memory_size: int, env: lmdb.Environment | None,
-                 entries: list[tuple[str, int]], nursery: trio.Nursery) -> None:
+                 entries: list[tuple[str, int]], nursery: trio.Nursery,
+                 keep_sequential: bool = False) -> None:
         self.path = path
         self.store = store
         self.bridge = bridge
         self.max_size = max_size
         self.memory_size = memory_size
+        self.keep_sequential = keep_sequential
         self.stats = CacheStats()
         self._env = env
         self._db = env.open_db(b"entries") if env is not None else None
         self._nursery = nursery
-        self._memory: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._memory: collections.OrderedDict[str, Plain] = collections.OrderedDict()
         self._memory_used = 0
         self._disk: collections.OrderedDict[str, int] = collections.OrderedDict(entries)
         # Which disk entry of a key a reader saw: a read that fails after an await forgets
@@ -111,11 +118,10 @@ class ChunkCache:
         # it would drop its bytes from `_used` while its file stays: the bound would break).
         self._entry_numbers = itertools.count(1)
         self._entry: dict[str, int] = {key: next(self._entry_numbers) for key in self._disk}
-        self._checked: set[str] = set()  # disk entries whose bytes match their key (see top)
         self._used = sum(self._disk.values())
         self._writing: set[str] = set()
-        self._pending: dict[str, bytes] = {}  # verified bytes waiting for their disk write
-        self._fds: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._pending: dict[str, Plain] = {}  # verified bytes waiting for their disk write
+        self._fds: collections.OrderedDict[str, cachefile.Reader] = collections.OrderedDict()
         self._backlog = 0
         self._settled = trio.Event()
         self._settled.set()
@@ -129,7 +135,8 @@ class ChunkCache:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, path: str | Path, store: ObjectStore, bridge: Bridge, *,
-                   max_size: int, memory_size: int) -> AsyncIterator[ChunkCache]:
+                   max_size: int, memory_size: int,
+                   keep_sequential: bool = False) -> AsyncIterator[ChunkCache]:
         path = Path(path)
         env, entries, tick = (None, [], 0)
         cache: ChunkCache | None = None
@@ -139,7 +146,7 @@ class ChunkCache:
             with plain_errors():
                 async with trio.open_nursery() as nursery:
                     cache = cls(path, store, bridge, max_size, memory_size, env,
-                                [(k, s) for k, s, _t in entries], nursery)
+                                [(k, s) for k, s, _t in entries], nursery, keep_sequential)
                     cache._tick = tick
                     yield cache
             # the nursery has waited for the background disk writes
@@ -166,28 +173,35 @@ class ChunkCache:
         return (key in self._memory or key in self._disk or key in self._flights
                 or key in self._pending)
 
-    async def view(self, obj: ObjectEntry, start: int, end: int) -> memoryview:
+    async def view(self, obj: ObjectEntry, start: int, end: int,
+                   keep: bool = True) -> memoryview:
         """[start, end) of the object's verified plain data, without copying it when it is
-        in memory."""
+        in memory. `keep=False`: a fetch it needs is not kept on disk (a sequential
+        stream's; see the module docstring)."""
         key = obj.cache_key
         data = self._memory_get(key)
-        if data is None and key not in self._flights and key in self._checked:
+        if data is None and key in self._disk and key not in self._flights:
             entry = self._entry.get(key)
-            part: bytes | bytearray | None = self._pread_nowait(key, start, end)
-            if part is None:
-                part, fd = await self.bridge.run_disk(self._pread, key, start, end)
-                if fd is not None:
-                    self._keep_fd(key, fd)
-            if part is not None and len(part) == end - start:
+            try:
+                part = self._read_nowait(key, start, end)
+                if part is None:
+                    part, reader = await self.bridge.run_disk(self._pread, key, obj.length,
+                                                              start, end)
+                    if reader is not None:
+                        self._keep_reader(key, reader)
+            except CacheDamaged as exc:
+                await self._drop_damaged(key, entry, exc)
+                part = None
+            if part is not None:
                 self.stats.disk_hits += 1
                 self._touch(key)
-                return memoryview(part)
+                return part
             self._forget_disk(key, entry)
         if data is None:
-            data = await self.get(obj)
+            data = await self.get(obj, keep)
         return memoryview(data)[start:end]
 
-    async def get(self, obj: ObjectEntry) -> bytes:
+    async def get(self, obj: ObjectEntry, keep: bool = True) -> Plain:
         """The object's whole verified plain data, fetched at most once at a time."""
         key = obj.cache_key
         while True:
@@ -205,37 +219,35 @@ class ChunkCache:
                 continue  # the fetcher was cancelled: try again
             if key in self._disk:
                 entry = self._entry.get(key)
-                data = await self.bridge.run_disk(self._read_file, key)
-                if data is not None and len(data) == obj.length and (
-                        key in self._checked or await self.bridge.run_cpu(matches, data, obj)):
-                    if key in self._disk:  # not evicted meanwhile: `_checked` stays within it
-                        self._checked.add(key)
+                try:
+                    data = await self.bridge.run_disk(self._read_file, key, obj.length)
+                except CacheDamaged as exc:
+                    await self._drop_damaged(key, entry, exc)
+                    data = None
+                if data is not None:
                     self.stats.disk_hits += 1
                     self._touch(key)
                     self._memory_put(key, data)
                     return data
-                if data is not None:
-                    await self._drop_damaged(key, entry)
                 self._forget_disk(key, entry)
                 continue  # state may have changed during the await
-            return await self._fetch(obj, key)
+            return await self._fetch(obj, key, keep)
 
-    async def prefetch(self, obj: ObjectEntry) -> None:
+    async def prefetch(self, obj: ObjectEntry, keep: bool = True) -> None:
         """Make sure the object is cached (read-ahead); errors surface on the real read."""
         if self.has(obj):
             return
         with contextlib.suppress(BakfsError):
-            await self.get(obj)
+            await self.get(obj, keep)
 
-    async def _fetch(self, obj: ObjectEntry, key: str) -> bytes:
+    async def _fetch(self, obj: ObjectEntry, key: str, keep: bool) -> Plain:
         flight = _Flight()
         self._flights[key] = flight
         try:
-            body = await self.bridge.run_s3(self.store.get, obj.name)
+            # one thread receives, decodes and hashes as the bytes arrive
+            data, stored = await self.bridge.run_s3(fetch_counted, self.store, obj)
             self.stats.fetches += 1
-            self.stats.fetched_bytes += len(body)
-            data = await self.bridge.run_cpu(decode_verified, body, obj)
-            del body
+            self.stats.fetched_bytes += stored
         except BakfsError as exc:
             flight.error = exc
             raise
@@ -244,12 +256,13 @@ class ChunkCache:
             flight.event.set()
         flight.data = data
         self._memory_put(key, data)
-        await self._keep(key, data)
+        if keep or self.keep_sequential:
+            await self._keep(key, data)
         return data
 
     # -- memory layer ----------------------------------------------------------------------
 
-    def _memory_get(self, key: str) -> bytes | None:
+    def _memory_get(self, key: str) -> Plain | None:
         data = self._memory.get(key)
         if data is None:
             data = self._pending.get(key)
@@ -263,7 +276,7 @@ class ChunkCache:
                 self._touch(key)
         return data
 
-    def _memory_put(self, key: str, data: bytes) -> None:
+    def _memory_put(self, key: str, data: Plain) -> None:
         if len(data) > self.memory_size or key in self._memory:
             return
         self._memory[key] = data
@@ -277,76 +290,73 @@ class ChunkCache:
     def _file(self, key: str) -> Path:
         return self.path / "objects" / key[:2] / key
 
-    def _pread(self, key: str, start: int, end: int) -> tuple[bytes | None, int | None]:
-        """(bytes, the open descriptor for the fd cache) in a disk thread."""
-        try:
-            fd = os.open(self._file(key), os.O_RDONLY)
-        except FileNotFoundError:
+    def _pread(self, key: str, length: int, start: int,
+               end: int) -> tuple[memoryview | None, cachefile.Reader | None]:
+        """(checked bytes, the open reader for the fd cache) in a disk thread."""
+        reader = cachefile.Reader.open(self._file(key), length)
+        if reader is None:
             return None, None
         try:
-            return os.pread(fd, end - start, start), fd
+            return reader.read(start, end), reader
         except BaseException:
-            os.close(fd)
+            reader.close()
             raise
 
-    def _pread_nowait(self, key: str, start: int, end: int) -> bytearray | None:
+    def _read_nowait(self, key: str, start: int, end: int) -> memoryview | None:
         """The range from the page cache without blocking, on the trio thread: a
-        `preadv(RWF_NOWAIT)` on a descriptor kept open by an earlier disk hit either copies
-        pages already in memory or fails at once with EAGAIN (then a disk thread reads).
-        This saves the thread hop (50-200 us on this VM) on hot cached reads."""
-        fd = self._fds.get(key)
-        if fd is None or _RWF_NOWAIT is None or end - start > NOWAIT_MAX:
+        `preadv(RWF_NOWAIT)` on a file kept open by an earlier disk hit either copies
+        pages already in memory or fails at once (then a disk thread reads). This saves the
+        thread hop (50-200 us on this VM) on hot cached reads."""
+        reader = self._fds.get(key)
+        if reader is None or end - start > NOWAIT_MAX:
             return None
         self._fds.move_to_end(key)
-        buffer = bytearray(end - start)
         try:
-            n = os.preadv(fd, [buffer], start, _RWF_NOWAIT)
-        except BlockingIOError:
-            return None
+            return reader.read_nowait(start, end)
         except OSError:
             self._close_fd(key)
             return None
-        return buffer if n == end - start else None
 
-    def _keep_fd(self, key: str, fd: int) -> None:
-        """Keep a descriptor of a cache file for non-blocking reads (trio thread only: only
-        this thread uses and closes these descriptors, so none is closed under a read)."""
-        if key not in self._disk or key in self._fds or _RWF_NOWAIT is None:
-            os.close(fd)
+    def _keep_reader(self, key: str, reader: cachefile.Reader) -> None:
+        """Keep a cache file open for non-blocking reads (trio thread only: only this
+        thread uses and closes these readers, so none is closed under a read)."""
+        if key not in self._disk or key in self._fds:
+            reader.close()
             return
-        self._fds[key] = fd
+        self._fds[key] = reader
         while len(self._fds) > MAX_FDS:
-            _old, old_fd = self._fds.popitem(last=False)
-            os.close(old_fd)
+            _old, old = self._fds.popitem(last=False)
+            old.close()
 
     def _close_fd(self, key: str) -> None:
-        fd = self._fds.pop(key, None)
-        if fd is not None:
-            os.close(fd)
+        reader = self._fds.pop(key, None)
+        if reader is not None:
+            reader.close()
 
     def _close_fds(self) -> None:
         while self._fds:
-            _key, fd = self._fds.popitem()
-            os.close(fd)
+            _key, reader = self._fds.popitem()
+            reader.close()
 
-    def _read_file(self, key: str) -> bytes | None:
-        try:
-            with open(self._file(key), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
+    def _read_file(self, key: str, length: int) -> bytes | None:
+        reader = cachefile.Reader.open(self._file(key), length)
+        if reader is None:
             return None
+        try:
+            return bytes(reader.read(0, length))
+        finally:
+            reader.close()
 
-    async def _drop_damaged(self, key: str, entry: int | None) -> None:
-        """A cache file whose bytes are not its object's: deleted, fetched again."""
+    async def _drop_damaged(self, key: str, entry: int | None, why: CacheDamaged) -> None:
+        """A cache file that fails its checksum: deleted, its object fetched again."""
         size = self._disk.get(key)
         if size is None or self._entry.get(key) != entry:
             return
-        log.warning("chunk cache: %s does not hold the bytes its name promises (damaged on "
-                    "disk?); deleted, the object is fetched again", self._file(key))
+        log.warning("chunk cache: %s; deleted, the object is fetched again", why)
         self.stats.damaged += 1
-        self._checked.discard(key)
         # the file goes while its entry stands, so no new file of this key is written (and
         # then deleted) meanwhile
+        self._close_fd(key)
         await self.bridge.run_disk(self._remove_sync, [(key, size)])
         await self.bridge.run_index(self._unrecord_sync, [(key, size)])
         self._forget_disk(key, entry)
@@ -355,7 +365,6 @@ class ChunkCache:
         """Drop the disk entry of `key` (only if it is still `entry`, when given)."""
         if entry is not None and self._entry.get(key) != entry:
             return
-        self._checked.discard(key)
         self._close_fd(key)
         self._entry.pop(key, None)
         size = self._disk.pop(key, None)
@@ -381,10 +390,10 @@ class ChunkCache:
                     size, _old = _ENTRY.unpack(raw)
                     txn.put(key.encode(), _ENTRY.pack(size, tick), db=self._db)
 
-    async def _keep(self, key: str, data: bytes) -> None:
+    async def _keep(self, key: str, data: Plain) -> None:
         """Write a verified object to disk, in the background while the backlog is small."""
-        if self._env is None or len(data) > self.max_size or key in self._disk \
-                or key in self._writing:
+        if self._env is None or cachefile.file_size(len(data)) > self.max_size \
+                or key in self._disk or key in self._writing:
             return
         if self._backlog + len(data) > WRITE_BACKLOG:
             await self._write(key, data)
@@ -406,8 +415,8 @@ class ChunkCache:
 
         self._nursery.start_soon(background)
 
-    async def _write(self, key: str, data: bytes) -> None:
-        size = len(data)
+    async def _write(self, key: str, data: Plain) -> None:
+        size = cachefile.file_size(len(data))
         self._writing.add(key)
         try:
             async with self._room:
@@ -419,7 +428,6 @@ class ChunkCache:
                     victim = next(iter(self._disk))
                     victims.append((victim, self._disk.pop(victim)))
                     self._entry.pop(victim, None)
-                    self._checked.discard(victim)
                     self._close_fd(victim)  # its space is freed when the file goes
                     freed += victims[-1][1]
                 if victims:
@@ -444,16 +452,15 @@ class ChunkCache:
                 return
             self._disk[key] = size
             self._entry[key] = next(self._entry_numbers)
-            self._checked.add(key)  # written here from verified bytes
             self.stats.disk_writes += 1
         finally:
             self._writing.discard(key)
 
-    def _write_sync(self, key: str, data: bytes) -> None:
+    def _write_sync(self, key: str, data: Plain) -> None:
         target = self._file(key)
         temp = self.path / "tmp" / f"{key}.{uuid.uuid4().hex[:8]}"
         try:
-            _write_file(temp, data)
+            cachefile.write(temp, data)
             target.parent.mkdir(exist_ok=True)
             os.replace(temp, target)
         except BaseException:
@@ -495,20 +502,6 @@ class ChunkCache:
         return sum(seen.values())
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write `data` to a new file and fsync it, with O_DIRECT where the disk allows."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        writer = DirectWriter(path, fd)
-        try:
-            writer.write(data)
-            writer.sync()
-        finally:
-            writer.close()
-    finally:
-        os.close(fd)
-
-
 def _open_disk(path: Path, max_size: int
                ) -> tuple[lmdb.Environment, list[tuple[str, int, int]], int]:
     """Open the bookkeeping, reconcile it with the files, trim to `max_size`. Returns the env,
@@ -523,10 +516,15 @@ def _open_disk(path: Path, max_size: int
 
 def _open_disk_once(path: Path, max_size: int
                     ) -> tuple[lmdb.Environment, list[tuple[str, int, int]], int]:
+    env = _open_lru(path)
+    if env is None:  # another format (or none): a cache is only a cache
+        log.info("chunk cache %s: not of format %s; starting it empty", path, FORMAT.decode())
+        shutil.rmtree(path, ignore_errors=True)
+        env = _open_lru(path)
+        assert env is not None
     (path / "objects").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(path / "tmp", ignore_errors=True)
     (path / "tmp").mkdir()
-    env = lmdb.open(str(path / "lru"), map_size=1 << 34, max_dbs=2, subdir=True)
     db = env.open_db(b"entries")
     files: dict[str, int] = {}
     for sub in (path / "objects").iterdir():
@@ -569,3 +567,20 @@ def _open_disk_once(path: Path, max_size: int
                 txn.delete(raw_key, db=db)
     tick = max((t for _k, _s, t in entries), default=0)
     return env, entries, tick
+
+
+def _open_lru(path: Path) -> lmdb.Environment | None:
+    """The bookkeeping LMDB, marked with FORMAT when new; None if it holds another format."""
+    path.mkdir(parents=True, exist_ok=True)
+    fresh = not (path / "lru").exists()
+    env = lmdb.open(str(path / "lru"), map_size=1 << 34, max_dbs=3, subdir=True)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        mark = txn.get(b"format", db=meta)
+        if mark is None and fresh:
+            txn.put(b"format", FORMAT, db=meta)
+            mark = FORMAT
+    if mark != FORMAT:
+        env.close()
+        return None
+    return env

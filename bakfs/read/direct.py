@@ -53,7 +53,7 @@ class DirectWriter:
         if bulk < len(view):
             pwrite_all(self.fd, view[bulk:], offset + bulk)
 
-    def write(self, data: bytes | memoryview, offset: int = 0) -> None:
+    def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> None:
         """Write any data at `offset` (a multiple of ALIGN), through the bounce buffer."""
         view = memoryview(data)
         if self.direct_fd is None:

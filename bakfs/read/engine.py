@@ -36,6 +36,8 @@ from bakfs.threads import Bridge, plain_errors
 
 log = logging.getLogger(__name__)
 
+_ZEROS = bytes(1 << 20)  # zero parts of a read come from here, not a fresh allocation
+
 
 @dataclasses.dataclass
 class ReaderStats:
@@ -61,12 +63,14 @@ class Engine:
             catalog.spans)
 
     async def read(self, record: BackupRecord, offset: int, size: int,
-                   stream: object = None) -> bytes:
-        """Bytes [offset, offset + size) of the backup's volume, short at its end."""
-        parts = await self.read_parts(record, offset, size, stream)
+                   stream: object = None) -> bytes | memoryview:
+        """Bytes [offset, offset + size) of the backup's volume, short at its end: a view of
+        the cached object when one part serves it all (no copy), else joined bytes."""
+        parts = [_zeros(p) if isinstance(p, int) else p
+                 for p in await self.read_parts(record, offset, size, stream)]
         if len(parts) == 1:
-            return bytes(parts[0])
-        return b"".join(bytes(p) if isinstance(p, int) else p for p in parts)
+            return parts[0]
+        return b"".join(parts)
 
     async def read_parts(self, record: BackupRecord, offset: int, size: int,
                          stream: object = None) -> list[memoryview | int]:
@@ -78,7 +82,7 @@ class Engine:
         if offset >= end:
             return []
         spans = await self.catalog.spans(record, offset, end)
-        self.readahead.note(record, stream, offset, end)
+        keep = not self.readahead.note(record, stream, offset, end)  # scans skip the disk
         parts: list[memoryview | int] = []
         jobs: list[tuple[int, Span]] = []
         for i, span in enumerate(spans):
@@ -90,23 +94,27 @@ class Engine:
                 self.stats.zero_bytes += span.length
         if len(jobs) == 1:
             i, span = jobs[0]
-            parts[i] = await self._piece(span)
+            parts[i] = await self._piece(span, keep)
         elif jobs:
-            await _gather([self._filler(parts, i, span) for i, span in jobs])
+            await _gather([self._filler(parts, i, span, keep) for i, span in jobs])
         self.stats.reads += 1
         self.stats.bytes_read += end - offset
         return parts
 
-    async def _piece(self, span: Span) -> memoryview:
+    async def _piece(self, span: Span, keep: bool) -> memoryview:
         assert span.obj is not None
         return await self.cache.view(span.obj, span.object_offset,
-                                     span.object_offset + span.length)
+                                     span.object_offset + span.length, keep)
 
-    def _filler(self, parts: list[memoryview | int], i: int,
-                span: Span) -> Callable[[], Awaitable[None]]:
+    def _filler(self, parts: list[memoryview | int], i: int, span: Span,
+                keep: bool) -> Callable[[], Awaitable[None]]:
         async def fill() -> None:
-            parts[i] = await self._piece(span)
+            parts[i] = await self._piece(span, keep)
         return fill
+
+
+def _zeros(length: int) -> memoryview | bytes:
+    return memoryview(_ZEROS)[:length] if length <= len(_ZEROS) else bytes(length)
 
 
 async def _gather(jobs: list[Callable[[], Awaitable[None]]]) -> None:
@@ -143,7 +151,8 @@ async def open_engine(config: Config, store: ObjectStore | None = None, *,
                 async with (
                     ChunkCache.open(Path(config.cache.path), store, bridge,
                                     max_size=config.cache.max_size,
-                                    memory_size=config.cache.memory_size) as cache,
+                                    memory_size=config.cache.memory_size,
+                                    keep_sequential=config.cache.keep_sequential) as cache,
                     trio.open_nursery() as nursery,
                 ):
                     engine = Engine(config, catalog, cache, nursery)

@@ -48,18 +48,20 @@ class ReadAhead:
         self._ahead_bytes = 0
         self._ahead_keys: set[str] = set()
 
-    def note(self, record: BackupRecord, stream: object, offset: int, end: int) -> None:
-        """A read of [offset, end) by `stream` happened: widen or reset its window and
-        schedule what it will read next."""
+    def note(self, record: BackupRecord, stream: object, offset: int, end: int) -> bool:
+        """A read of [offset, end) by `stream` is being served: widen or reset its window
+        and schedule what it will read next. True when the stream reads sequentially."""
         key = (record.backup_id, stream)
         state = self._streams.get(key)
         if state is None:
             if len(self._streams) > MAX_STREAMS:
                 self._streams.clear()
             state = self._streams[key] = _Stream()
+        sequential = offset == state.next_offset
         if self.limit <= 0:
-            return
-        if offset == state.next_offset:
+            state.next_offset = end
+            return sequential
+        if sequential:
             state.window = min(max(state.window * 2, 2 * (end - offset), MIN_WINDOW),
                                self.limit)
         else:
@@ -67,12 +69,13 @@ class ReadAhead:
             state.ahead_until = 0
         state.next_offset = end
         if not state.window:
-            return
+            return sequential
         start = max(end, state.ahead_until)
         stop = min(end + state.window, record.size)
         if start < stop:
             state.ahead_until = stop
             self._nursery.start_soon(self._read_ahead, record, state, start, stop)
+        return sequential
 
     async def _read_ahead(self, record: BackupRecord, state: _Stream, start: int,
                           stop: int) -> None:
@@ -99,7 +102,7 @@ class ReadAhead:
 
     async def _fetch_ahead(self, obj: ObjectEntry) -> None:
         try:
-            await self.cache.prefetch(obj)
+            await self.cache.prefetch(obj, keep=False)  # for a sequential stream
         finally:
             self._ahead_bytes -= obj.length
             self._ahead_keys.discard(obj.cache_key)

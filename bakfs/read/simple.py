@@ -33,7 +33,7 @@ def restore(store: ObjectStore, ref: BackupRef, out: Sink,
             progress: Callable[[int], None] | None = None) -> str:
     """Write the whole volume to `out` (sequentially) and return its sha256 hex."""
     digest = hashlib.sha256()
-    cached: tuple[str, bytes] | None = None
+    cached: tuple[str, bytes | bytearray] | None = None
     for extent in chain_extents(store, ref):
         if extent.entry is None:
             remaining = extent.length

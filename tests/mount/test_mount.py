@@ -418,8 +418,11 @@ def test_a_mount_with_a_known_index_comes_up_while_the_store_is_away(
     versions = _versions(8)
     first_id, = _backup_chain(env, tmp_path, "vol-w", versions[:1])
     with TcpProxy(env["BAKFS_S3_ENDPOINT_URL"]) as proxy:
+        # keep_sequential: a whole file read once is kept on disk too (by default a
+        # sequential scan stays in memory, so it cannot evict what random readers use)
         proxied = {**env, "BAKFS_S3_ENDPOINT_URL": proxy.url,
-                   "BAKFS_S3_RETRY_MAX_ATTEMPTS": "2", "BAKFS_S3_TIMEOUT": "3"}
+                   "BAKFS_S3_RETRY_MAX_ATTEMPTS": "2", "BAKFS_S3_TIMEOUT": "3",
+                   "BAKFS_CACHE_KEEP_SEQUENTIAL": "true"}
         first = start_mount(proxied)
         assert (first.path / "vol-w" / "latest").read_bytes() == versions[0]  # now cached
         # bakfs umount waits for the daemon to exit, so its cache writes are on disk

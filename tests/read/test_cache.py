@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from bakfs.config import Config
+from bakfs.read.cachefile import file_size
 from bakfs.read.engine import open_engine
 from bakfs.store.s3 import S3Store
 from tests.read.conftest import OBJECT, CountingStore, make_versions, read_backup, write_chain
@@ -88,7 +89,7 @@ def test_lru_evicts_least_recently_used_and_survives_restart(
     # random data only, so every object is fetched and cached whole (64 KiB each)
     image = os.urandom(6 * OBJECT)
     chain = write_chain(s3_store, [image], "vol-l", "none")
-    config = engine_config(max_size=4 * OBJECT, memory_size=0, readahead_max=0)
+    config = engine_config(max_size=4 * file_size(OBJECT), memory_size=0, readahead_max=0)
     bid = chain.ids[0]
 
     async def run(offsets: list[int]) -> list[str]:
@@ -160,7 +161,7 @@ def test_a_damaged_cache_file_is_never_served(
 
     assert trio.run(read, 0, SIZE)[0] == chain.images[0]
     files = sorted((Path(config.cache.path) / "objects").rglob("*-*"), key=lambda p: p.name)
-    victim = next(f for f in files if f.stat().st_size == OBJECT)
+    victim = next(f for f in files if f.stat().st_size == file_size(OBJECT))
     with open(victim, "r+b") as f:  # flip one bit in the middle
         f.seek(OBJECT // 2)
         byte = f.read(1)
@@ -171,7 +172,73 @@ def test_a_damaged_cache_file_is_never_served(
     assert data == chain.images[0]
     assert damaged == 1 and hits > 0  # the others still served from disk
     assert sum(counting.data_gets().values()) == before + 1  # only the damaged one again
-    assert "does not hold the bytes its name promises" in caplog.text
+    assert "fails its checksum" in caplog.text
     # a small read inside another object is checked just the same before it is served
     data, damaged, _hits = trio.run(read, OBJECT // 2, 4096)
     assert data == chain.images[0][OBJECT // 2:OBJECT // 2 + 4096] and damaged == 0
+
+
+def test_a_cache_file_damaged_while_the_engine_runs_is_never_served(
+        s3_store: S3Store, counting: CountingStore, engine_config: Callable[..., Config],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The files this process wrote are checked on every read too: a byte flipped under a
+    running engine is caught by the block checksum, logged, and the object fetched again."""
+    image = os.urandom(4 * OBJECT)
+    chain = write_chain(s3_store, [image], "vol-live", "none")
+    config = engine_config(memory_size=0, readahead_max=0)  # every read goes to the disk
+
+    async def main() -> None:
+        async with open_engine(config, counting) as engine:
+            record = await engine.catalog.find(chain.ids[0])
+            for off in range(0, len(image), OBJECT):  # one random-looking read per object
+                assert bytes(await engine.read(record, off + 5, 10)) == image[off + 5:off + 15]
+            await engine.cache.settle()
+            files = sorted((Path(config.cache.path) / "objects").rglob("*-*"))
+            assert len(files) == 4
+            await trio.to_thread.run_sync(_flip_bit, files[0], 100)
+            before = sum(counting.data_gets().values())
+            for off in range(0, len(image), OBJECT):
+                assert bytes(await engine.read(record, off, OBJECT)) == image[off:off + OBJECT]
+            assert engine.cache.stats.damaged == 1
+            assert sum(counting.data_gets().values()) == before + 1
+
+    trio.run(main)
+    assert "fails its checksum" in caplog.text
+
+
+@pytest.mark.parametrize("keep_sequential", [False, True])
+def test_sequential_streams_do_not_evict_the_disk_cache_unless_asked(
+        s3_store: S3Store, counting: CountingStore, engine_config: Callable[..., Config],
+        keep_sequential: bool) -> None:
+    """A dd of a whole volume reads each object once: its fetches stay in memory, so the
+    objects random readers use stay on disk (scan resistance); `cache.keep_sequential`
+    keeps them too. Random reads are kept either way."""
+    image = os.urandom(12 * OBJECT)
+    chain = write_chain(s3_store, [image], "vol-scan", "none")
+    config = engine_config(keep_sequential=keep_sequential)
+
+    async def main() -> tuple[int, int]:
+        async with open_engine(config, counting) as engine:
+            record = await engine.catalog.find(chain.ids[0])
+            assert bytes(await engine.read(record, 3 * OBJECT + 1, 10)) == \
+                image[3 * OBJECT + 1:3 * OBJECT + 11]  # a random read: kept on disk
+            stream = object()
+            for off in range(0, len(image), OBJECT // 2):  # then a sequential scan
+                got = await engine.read(record, off, OBJECT // 2, stream)
+                assert bytes(got) == image[off:off + OBJECT // 2]
+            await engine.cache.settle()
+            return len(engine.cache._disk), engine.cache.stats.fetches
+
+    on_disk, fetches = trio.run(main)
+    assert fetches == 12  # each object fetched once all the same
+    # the random read's object always; the scanned ones (its first object is read before
+    # the stream is known to be sequential) only with keep_sequential
+    assert on_disk == 12 if keep_sequential else on_disk <= 2
+
+
+def _flip_bit(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x10]))

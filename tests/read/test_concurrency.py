@@ -69,7 +69,8 @@ def test_eight_readers_of_different_backups(
     errors: list[str] = []
 
     async def main() -> None:
-        async with open_engine(engine_config(), counting) as engine:
+        # every fetch kept on disk: this is about single flight, not the scan policy
+        async with open_engine(engine_config(keep_sequential=True), counting) as engine:
             async with trio.open_nursery() as nursery:
                 for n in range(8):
                     chain = chains[n % 2]
