@@ -140,10 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     restore = commands.add_parser(
         "restore", help="write a backup's whole volume to a file or block device",
         description="Restore BACKUP (an id; its incremental chain is resolved) to TARGET, a "
-                    "file (created sparse: zero ranges are not written) or a block device. "
-                    "Every object is verified (length and md5) before its bytes are written.")
+                    "file (created sparse: zero ranges are not written; it appears under its "
+                    "name only when complete) or a block device. Every object is verified "
+                    "(length and md5) before its bytes are written.")
     restore.add_argument("backup_id", metavar="BACKUP")
     restore.add_argument("target", metavar="TARGET")
+    restore.add_argument("--check", action="store_true",
+                         help="also compare every restored block with the backup's "
+                              "_sha256file (end to end; uses every core, skips holes)")
+    restore.add_argument("--sha256", action="store_true",
+                         help="also compute the sha256 of the whole volume (one core, holes "
+                              "included: slow for large sparse volumes)")
     restore.add_argument("--json", action="store_true",
                          help="print a JSON summary (and progress lines) instead of a bar")
 

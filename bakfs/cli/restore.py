@@ -21,7 +21,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return bars[0].update_to
 
     async def main() -> RestoreResult:
-        return await restore_with(config, args.backup_id, args.target, on_start=on_start)
+        return await restore_with(config, args.backup_id, args.target, on_start=on_start,
+                                  check=args.check, sha256=args.sha256)
 
     try:
         result = trio.run(main)
@@ -31,7 +32,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
+        extra = ""
+        if result.checked:
+            extra += f", all {result.checked_blocks} blocks match the _sha256file"
+        if result.sha256 is not None:
+            extra += f", sha256 {result.sha256}"
         print(f"restored backup {args.backup_id} to {args.target}: {result.bytes} bytes in "
               f"{result.seconds:.2f} s ({result.mb_per_s} MB/s), {result.objects_fetched} "
-              f"objects fetched, sha256 {result.sha256}")
+              f"objects fetched{extra}")
     return 0

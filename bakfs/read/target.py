@@ -3,8 +3,10 @@ large aligned windows.
 
 A TARGET that does not exist becomes a new sparse file: 64 KiB windows that are all zero are
 not written (Cinder does the same with 1 MiB windows for a new volume) and the file is
-truncated to the volume size. An existing regular file or a block device gets every byte
-written (its old contents must not show through). Data goes through one page-aligned
+truncated to the volume size. It is written as `.TARGET.bakfs-partial` beside TARGET and
+linked to TARGET only when complete, so no interrupted restore leaves a TARGET that looks
+whole. An existing regular file or a block device gets every byte written in place (its old
+contents must not show through). Data goes through one page-aligned
 window, reused for every request, and out with O_DIRECT where the target allows it
 (`bakfs.read.direct`).
 
@@ -13,6 +15,7 @@ Blocking code, for a disk thread.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import stat
@@ -28,8 +31,10 @@ _ZEROS = bytes(ZERO_WINDOW)
 class Target:
     """The open target; `write` takes consecutive parts of one window of the volume."""
 
-    def __init__(self, path: str, fd: int, sparse: bool, created: bool) -> None:
-        self.path = path
+    def __init__(self, path: str, fd: int, sparse: bool, created: bool,
+                 final: str | None = None) -> None:
+        self.path = path  # where the bytes go now
+        self.final = final  # a new file's real name, linked to `path` when complete
         self.fd = fd
         self.sparse = sparse
         self.created = created
@@ -78,11 +83,28 @@ class Target:
             os.ftruncate(self.fd, size)
         self.writer.sync()
 
-    def close(self) -> None:
+    def close(self, complete: bool = False) -> None:
+        """Release the target; a new file becomes TARGET when `complete`, else goes."""
         self.writer.close()
         os.close(self.fd)
         self.view.release()
         self.buffer.close()
+        if self.final is None:
+            return
+        if complete:
+            try:
+                os.link(self.path, self.final)  # never over a file made meanwhile
+            except FileExistsError:
+                raise TargetError(f"{self.final} appeared while the restore ran; the "
+                                  f"restored volume is left in {self.path}") from None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def partial_name(target: str) -> str:
+    """Where a new TARGET is written until it is complete."""
+    head, tail = os.path.split(os.path.abspath(target))
+    return os.path.join(head, f".{tail}.bakfs-partial")
 
 
 def open_target(target: str, size: int) -> Target:
@@ -95,8 +117,11 @@ def open_target(target: str, size: int) -> Target:
         raise TargetError(f"cannot use {target}: {exc.strerror}") from None
     try:
         if st is None:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            return Target(target, fd, True, True)
+            partial = partial_name(target)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)  # left by a restore that was killed
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            return Target(partial, fd, True, True, final=target)
         if stat.S_ISBLK(st.st_mode):
             fd = os.open(target, os.O_WRONLY)
             device_size = os.lseek(fd, 0, os.SEEK_END)

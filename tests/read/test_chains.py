@@ -55,8 +55,9 @@ def test_restore_every_level(which: str, request: pytest.FixtureRequest, rgw: S3
     for level in range(len(chain.refs)):
         target = tmp_path / f"{which}-{level}.img"
         result = trio.run(lambda t=target, b=chain.ids[level]: restore_with(  # type: ignore[misc]
-            config, b, str(t), store=counting))
+            config, b, str(t), store=counting, check=True, sha256=True))
         assert result.sha256 == hashlib.sha256(chain.images[level]).hexdigest()
+        assert result.checked  # Cinder's _sha256file agrees with every restored block
         assert target.read_bytes() == chain.images[level]
         assert target.stat().st_size == CINDER_SIZE
     assert max(counting.data_gets().values()) == 1

@@ -3,11 +3,15 @@ unaligned tail), against radosgw."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,11 +19,18 @@ import pytest
 import trio
 
 from bakfs.config import Config
-from bakfs.errors import TargetError
+from bakfs.errors import IntegrityError, TargetError
 from bakfs.read.engine import open_engine
 from bakfs.read.restore import restore_with
 from bakfs.store.s3 import S3Store
-from tests.read.conftest import CountingStore, make_versions, read_backup, sha256, write_chain
+from tests.read.conftest import (
+    BLOCK,
+    CountingStore,
+    make_versions,
+    read_backup,
+    sha256,
+    write_chain,
+)
 
 SIZE = 21 * 64 * 1024 + 12345  # not a multiple of the block or object size
 
@@ -34,9 +45,10 @@ def test_restore_equals_source_at_every_level(
     for level, (backup_id, image) in enumerate(zip(chain.ids, chain.images, strict=True)):
         target = tmp_path / f"restored-{level}"
         result = trio.run(lambda b=backup_id, t=target: restore_with(  # type: ignore[misc]
-            config, b, str(t), store=counting))
+            config, b, str(t), store=counting, check=True, sha256=True))
         assert target.read_bytes() == image
         assert result.sha256 == sha256(image)
+        assert result.checked and result.checked_blocks == -(-SIZE // BLOCK)
         assert result.bytes == SIZE
         assert result.sparse
         # zero windows were skipped: the new file has holes
@@ -87,7 +99,8 @@ def test_restore_to_a_block_device(s3_store: S3Store, engine_config: Callable[..
         pytest.fail(f"losetup failed (the test needs root and loop devices): {attach.stderr}")
     device = attach.stdout.strip()
     try:
-        result = trio.run(lambda: restore_with(engine_config(), chain.ids[-1], device))
+        result = trio.run(lambda: restore_with(engine_config(), chain.ids[-1], device,
+                                               sha256=True))
         assert not result.sparse and result.written_bytes == SIZE
         with open(device, "rb") as f:
             content = f.read()
@@ -123,3 +136,53 @@ def test_restore_refuses_a_directory(
     chain = write_chain(s3_store, make_versions(SIZE, 1, seed=12), "vol-bad")
     with pytest.raises(TargetError, match="neither a regular file nor a block device"):
         trio.run(lambda: restore_with(engine_config(), chain.ids[0], str(tmp_path)))
+
+
+def test_check_compares_every_block_with_the_sha256file(
+        s3_store: S3Store, engine_config: Callable[..., Config], tmp_path: Path) -> None:
+    """Without --check nothing is hashed; with it every block is compared with the
+    _sha256file, and a digest there that does not match what was restored fails the restore
+    naming the block, leaving no TARGET behind."""
+    chain = write_chain(s3_store, make_versions(SIZE, 2, seed=13), "vol-chk")
+    plain = trio.run(lambda: restore_with(engine_config(), chain.ids[-1],
+                                          str(tmp_path / "plain")))
+    assert not plain.checked and plain.checked_blocks == 0 and plain.sha256 is None
+    assert (tmp_path / "plain").read_bytes() == chain.images[-1]
+    key = chain.refs[-1].sha256file_key
+    doc = json.loads(s3_store.get(key))
+    doc["sha256s"][5] = "0" * 64  # the _sha256file no longer matches block 5
+    s3_store.put(key, json.dumps(doc, sort_keys=True, indent=2).encode())
+    target = tmp_path / "checked"
+    with pytest.raises(IntegrityError, match=r"1 restored blocks differ .* 5 \(offset"):
+        trio.run(lambda: restore_with(engine_config(), chain.ids[-1], str(target),
+                                      check=True))
+    assert not target.exists() and list(tmp_path.glob(".checked*")) == []
+
+
+def test_a_killed_restore_leaves_no_target_and_the_next_one_completes(
+        tmp_path: Path) -> None:
+    """A new TARGET is written under a temporary name and appears only when complete."""
+    store_root = tmp_path / "store"
+    env = {**os.environ, "BAKFS_CONFIG": str(tmp_path / "none.toml"),
+           "BAKFS_LOCAL_PATH": str(store_root), "BAKFS_CACHE_PATH": str(tmp_path / "cache"),
+           "BAKFS_INDEX_PATH": str(tmp_path / "index")}
+    (tmp_path / "none.toml").write_text("")
+    image = tmp_path / "image"
+    image.write_bytes(random.Random(3).randbytes(96 << 20))
+    bakfs = [sys.executable, "-m", "bakfs"]
+    made = subprocess.run([*bakfs, "backup", str(image), "--volume", "vol-k", "--json"],
+                          env=env, capture_output=True, text=True, check=True)
+    backup_id = json.loads(made.stdout)["backup_id"]
+    target = tmp_path / "restored"
+    partial = tmp_path / ".restored.bakfs-partial"
+    with subprocess.Popen([*bakfs, "restore", backup_id, str(target)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size) and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)
+    assert not target.exists()
+    subprocess.run([*bakfs, "restore", backup_id, str(target)], env=env, check=True,
+                   capture_output=True)
+    assert target.read_bytes() == image.read_bytes() and not partial.exists()
