@@ -1,0 +1,42 @@
+"""glibc's allocator, tuned for what bakfs allocates: a few large, short-lived buffers (4 MiB
+objects fetched, decompressed, served and dropped, hundreds per GiB).
+
+Left alone, glibc gives each worker thread an arena of its own, serves blocks this size
+with fresh mmaps or trims them back to the kernel as they are freed, and the next object
+then touches fresh pages: a page fault per 4 KiB, measured at 0.3-0.6 CPU-s per GiB read
+on this machine. Two arenas, and blocks up to 16 MiB kept in them (32 MiB of slack each
+before trimming), make those buffers come back warm, for a bounded ~64 MiB of RSS.
+
+Called once at start, before threads exist. Knows nothing of bakfs's other modules.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+# mallopt(3) parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+
+SETTINGS = {M_ARENA_MAX: 2, M_MMAP_THRESHOLD: 16 << 20, M_TRIM_THRESHOLD: 32 << 20}
+
+
+def tune() -> bool:
+    """Apply SETTINGS where the C library is glibc; True when every one was taken."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    taken = all(mallopt(param, value) == 1 for param, value in SETTINGS.items())
+    if not taken:
+        log.debug("glibc refused some allocator settings; running with its defaults")
+    return taken
