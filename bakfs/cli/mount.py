@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from bakfs.config import Config
-from bakfs.mount.daemon import mount
+from bakfs.mount.launch import mount
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
