@@ -180,7 +180,7 @@ class _Counted:
 def _zstd_into(source: _Counted, view: memoryview) -> tuple[int, bool]:
     """Every frame (zstandard's one-shot decoder stops at the first) straight into view."""
     reader = zstandard.ZstdDecompressor().stream_reader(
-        source, read_size=256 << 10, read_across_frames=True)  # type: ignore[arg-type]
+        source, read_size=1 << 20, read_across_frames=True)  # type: ignore[arg-type]
     filled = 0
     while filled < len(view):
         n = reader.readinto(view[filled:])

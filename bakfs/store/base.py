@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Protocol
 
-CHUNK = 256 << 10  # pieces of a streamed GET
+CHUNK = 1 << 20  # pieces of a streamed GET
 
 
 @dataclasses.dataclass(frozen=True)

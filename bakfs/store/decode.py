@@ -34,8 +34,15 @@ def fetch_verified(store: ObjectStore, obj: ObjectEntry) -> bytes | bytearray:
     return fetch_counted(store, obj)[0]
 
 
-def fetch_counted(store: ObjectStore, obj: ObjectEntry) -> tuple[bytearray, int]:
-    """(verified plain bytes, stored bytes transferred) of one data object, streamed."""
+def fetch_counted(store: ObjectStore, obj: ObjectEntry) -> tuple[bytes | bytearray, int]:
+    """(verified plain bytes, stored bytes transferred) of one data object, streamed when it
+    is compressed. A raw object (codec "none") is read whole instead: the socket fills its
+    one buffer directly, where pieces would each be copied once more, and there is no
+    decoding to overlap with the transfer."""
+    if codec.family(obj.compression) == "none":
+        body = store.get(obj.name)
+        codec.verify(body, obj.length, obj.md5, obj.name)
+        return body, len(body)
     for attempt in range(1, STREAM_ATTEMPTS + 1):
         received = [0]
         try:
