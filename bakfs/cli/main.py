@@ -25,8 +25,10 @@ log = logging.getLogger("bakfs")
 COMMANDS = {
     "config": "configure", "demo": "demo", "backup": "backup", "ls": "inventory",
     "verify": "inventory", "delete": "inventory", "gc": "inventory", "index": "inventory",
-    "export-record": "inventory", "restore": "restore", "mount": "mount",
+    "export-record": "inventory", "restore": "device", "mount": "mount",
     "umount": "control", "refresh": "control", "tsm": "tsm", "stage": "tsm",
+    "verify-device": "device", "attach": "attach", "detach": "attach",
+    "completion": "completion",
 }
 
 DESCRIPTION = """\
@@ -146,6 +148,30 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("target", metavar="TARGET")
     restore.add_argument("--json", action="store_true",
                          help="print a JSON summary (and progress lines) instead of a bar")
+    restore.add_argument("--delta", action="store_true",
+                         help="TARGET is a stale copy (a file or device of the volume's size): "
+                              "compare it with the backup's block hashes, fetch only the "
+                              "objects under the blocks that differ and write only those "
+                              "blocks")
+    restore.add_argument("--dry-run", action="store_true",
+                         help="with --delta: report what would be written and fetched, "
+                              "change nothing")
+    restore.add_argument("--resize", action="store_true",
+                         help="with --delta: make a TARGET file of another size the volume's "
+                              "size first (else it is refused)")
+
+    verify_device = commands.add_parser(
+        "verify-device", help="is this device or image file identical to a backup?",
+        description="Hash TARGET (a block device or an image file) block by block with the "
+                    "backup's block size and compare with the backup's _sha256file: only "
+                    "that document is read from the store, never the backup's data. Prints "
+                    "the differing ranges (merged) and a summary. Exit code 0 when "
+                    "identical, 1 when not, 2 on an error.")
+    verify_device.add_argument("backup_id", metavar="BACKUP")
+    verify_device.add_argument("target", metavar="TARGET")
+    verify_device.add_argument("--json", action="store_true",
+                               help="print the result (every range) as JSON, progress as "
+                                    "JSON lines")
 
     index = commands.add_parser(
         "index", help="refresh or rebuild the local chunk index (LMDB)",
