@@ -173,6 +173,34 @@ def build_parser() -> argparse.ArgumentParser:
                                help="print the result (every range) as JSON, progress as "
                                     "JSON lines")
 
+    attach = commands.add_parser(
+        "attach", help="attach a backup as a read-only disk and mount its partitions",
+        description="File-level restore: attach BACKUP (an id, or a backup file of the mount) "
+                    "of a running bakfs mount as a read-only loop device, expose its "
+                    "partitions and mount each one's file system read-only (no journal "
+                    "replay, nodev,nosuid,noexec). Prints the partitions and where they are "
+                    "mounted. Reading a file fetches only the objects under it. Needs root.")
+    attach.add_argument("backup", metavar="BACKUP")
+    attach.add_argument("--mount", metavar="MOUNTPOINT",
+                        help="the bakfs mount to use (default: the only one running)")
+    attach.add_argument("--dir", metavar="DIR",
+                        help="mount the partitions at DIR/p1, DIR/p2, ... (default: "
+                             "/run/bakfs/attach/<backup id>)")
+    attach.add_argument("--json", action="store_true", help="machine-readable output")
+
+    detach = commands.add_parser(
+        "detach", help="unmount and detach what `bakfs attach` attached",
+        description="Unmount the partitions of an attached backup and detach its loop "
+                    "device. WHAT is a backup id, a loop device or an attach directory; "
+                    "--all detaches every attached backup. Refused while files are open "
+                    "under a partition, unless --lazy.")
+    which = detach.add_mutually_exclusive_group(required=True)
+    which.add_argument("what", nargs="?", metavar="WHAT")
+    which.add_argument("--all", action="store_true", help="every attached backup")
+    detach.add_argument("--lazy", action="store_true",
+                        help="detach even while files are open (they go away when closed)")
+    detach.add_argument("--json", action="store_true", help="machine-readable output")
+
     index = commands.add_parser(
         "index", help="refresh or rebuild the local chunk index (LMDB)",
         description="The index is a cache of the store: `refresh` adds new backups and drops "
