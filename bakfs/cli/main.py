@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from bakfs import __version__
 from bakfs import config as config_module
 from bakfs import log as log_module
+from bakfs.cli import fstab
 from bakfs.errors import BakfsError
 
 log = logging.getLogger("bakfs")
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(fstab.translate(list(sys.argv[1:] if argv is None else argv)))
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     log_module.setup(level, debug_modules=args.debug_module)
     try:
