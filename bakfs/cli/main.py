@@ -289,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "first).")
     export.add_argument("backup_id", metavar="BACKUP_ID")
     export.add_argument("--json", action="store_true", help="print the decoded record too")
+    completion = commands.add_parser(
+        "completion", help="print the bash completion script",
+        description="Print a bash completion script (commands, options, and volume and "
+                    "backup ids from the local index). Install it as "
+                    "/usr/share/bash-completion/completions/bakfs, or add "
+                    "eval \"$(bakfs completion)\" to ~/.bashrc.")
+    completion.add_argument("words", nargs="*", help=argparse.SUPPRESS)
+    completion.add_argument("--cword", type=int, help=argparse.SUPPRESS)
     _accept_config_after_the_command(parser)
     return parser
 
