@@ -181,7 +181,7 @@ def attach(backup: str, *, mountpoint: str | None = None,
             raise AttachError(f"backup {backup_id} is already attached as {loop['name']} "
                               f"(bakfs detach {backup_id})")
     base = Path(directory) if directory else ATTACH_ROOT / backup_id
-    if base.exists() and (os.path.ismount(base) or any(base.iterdir())):
+    if base.exists() and (not base.is_dir() or os.path.ismount(base) or any(base.iterdir())):
         raise AttachError(f"{base} is in use (a mount point, or not empty): choose another "
                           "directory with --dir")
     device = _run(["losetup", "--find", "--show", "--read-only", "--partscan",

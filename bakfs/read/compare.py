@@ -233,7 +233,7 @@ async def compare(bridge: Bridge, target: DeviceTarget, sha: Sha256File, size: i
                       blocks, merge_runs(runs), time.monotonic() - started)
 
 
-async def load_sha256file(catalog: Catalog, record: BackupRecord) -> Sha256File:
+async def fetch_sha256file(catalog: Catalog, record: BackupRecord) -> Sha256File:
     """The backup's `_sha256file`, the only object of the backup a comparison reads."""
     key = naming.sha256file_name(record.prefix)
     raw = await catalog.bridge.run_s3(catalog.store.get, key)
@@ -257,7 +257,7 @@ async def verify_device_with(config: Config, backup_id: str, target_path: str, *
     try:
         async with open_catalog(config.index.path, store, bridge) as catalog:
             record = await catalog.find(backup_id)
-            sha = await load_sha256file(catalog, record)
+            sha = await fetch_sha256file(catalog, record)
             target = await bridge.run_disk(functools.partial(open_device_target, target_path,
                                                              writable=False))
             try:

@@ -33,7 +33,7 @@ from bakfs.read.compare import (
     Comparison,
     DeviceTarget,
     compare,
-    load_sha256file,
+    fetch_sha256file,
     open_device_target,
 )
 from bakfs.read.direct import pwrite_all
@@ -130,7 +130,7 @@ async def delta_restore(engine: Engine, backup_id: str, target_path: str, *,
     bridge = engine.bridge
     record = await engine.catalog.find(backup_id)
     size = record.size
-    sha = await load_sha256file(engine.catalog, record)
+    sha = await fetch_sha256file(engine.catalog, record)
     target = await bridge.run_disk(functools.partial(open_device_target, target_path,
                                                      writable=not dry_run))
     stats = engine.cache.stats
