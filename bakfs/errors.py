@@ -25,6 +25,7 @@ catch.
     ├── TargetError                 a restore's target cannot be used or written
     ├── OutOfOrderWrite             a write into incoming/ that is not at the end so far
     ├── MountError                  a mount could not be made or undone
+    │   └── AttachError             a backup could not be attached as a disk, or detached
     └── TsmError                    dsmc failed (rc and ANS messages attached)
         ├── TsmUnreachable          the TSM server cannot be reached (transient)
         ├── TsmAuthFailed           node or password refused
@@ -155,6 +156,11 @@ class OutOfOrderWrite(BakfsError):
 
 class MountError(BakfsError):
     """The mount could not be made or undone."""
+
+
+class AttachError(MountError):
+    """A backup could not be attached as a read-only disk (or detached): not a partitioned
+    disk, already attached, a directory or device in use."""
 
 
 class TsmError(BakfsError):

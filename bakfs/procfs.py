@@ -9,7 +9,9 @@ instead of raising. Blocking code (file reads); callers on trio run it through
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import socket
 
 PF_EXITING = 0x4  # include/linux/sched.h: the task is exiting
@@ -95,3 +97,32 @@ def mount_device(mountpoint: str) -> str | None:
     except OSError:
         return None
     return devices[-1] if devices else None
+
+
+@dataclasses.dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo."""
+
+    device: str  # major:minor
+    mountpoint: str
+    fstype: str
+    source: str
+
+
+def mounts() -> list[MountEntry]:
+    """Every mount this process sees, oldest first (octal escapes such as \\040 decoded)."""
+    def unescape(text: str) -> str:
+        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+    entries = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                head, _, tail = line.partition(" - ")
+                fields, rest = head.split(), tail.split()
+                if len(fields) > 4 and len(rest) > 1:
+                    entries.append(MountEntry(fields[2], unescape(fields[4]), rest[0],
+                                              unescape(rest[1])))
+    except OSError:
+        return []
+    return entries

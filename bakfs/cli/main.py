@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from bakfs import __version__, allocator
 from bakfs import config as config_module
 from bakfs import log as log_module
+from bakfs.cli import fstab
 from bakfs.errors import BakfsError
 
 log = logging.getLogger("bakfs")
@@ -25,8 +26,10 @@ log = logging.getLogger("bakfs")
 COMMANDS = {
     "config": "configure", "demo": "demo", "backup": "backup", "ls": "inventory",
     "verify": "inventory", "delete": "inventory", "gc": "inventory", "index": "inventory",
-    "export-record": "inventory", "restore": "restore", "mount": "mount",
+    "export-record": "inventory", "restore": "device", "mount": "mount",
     "umount": "control", "refresh": "control", "tsm": "tsm", "stage": "tsm",
+    "verify-device": "device", "attach": "attach", "detach": "attach",
+    "completion": "completion",
 }
 
 DESCRIPTION = """\
@@ -153,6 +156,58 @@ def build_parser() -> argparse.ArgumentParser:
                               "included: slow for large sparse volumes)")
     restore.add_argument("--json", action="store_true",
                          help="print a JSON summary (and progress lines) instead of a bar")
+    restore.add_argument("--delta", action="store_true",
+                         help="TARGET is a stale copy (a file or device of the volume's size): "
+                              "compare it with the backup's block hashes, fetch only the "
+                              "objects under the blocks that differ and write only those "
+                              "blocks")
+    restore.add_argument("--dry-run", action="store_true",
+                         help="with --delta: report what would be written and fetched, "
+                              "change nothing")
+    restore.add_argument("--resize", action="store_true",
+                         help="with --delta: make a TARGET file of another size the volume's "
+                              "size first (else it is refused)")
+
+    verify_device = commands.add_parser(
+        "verify-device", help="is this device or image file identical to a backup?",
+        description="Hash TARGET (a block device or an image file) block by block with the "
+                    "backup's block size and compare with the backup's _sha256file: only "
+                    "that document is read from the store, never the backup's data. Prints "
+                    "the differing ranges (merged) and a summary. Exit code 0 when "
+                    "identical, 1 when not, 2 on an error.")
+    verify_device.add_argument("backup_id", metavar="BACKUP")
+    verify_device.add_argument("target", metavar="TARGET")
+    verify_device.add_argument("--json", action="store_true",
+                               help="print the result (every range) as JSON, progress as "
+                                    "JSON lines")
+
+    attach = commands.add_parser(
+        "attach", help="attach a backup as a read-only disk and mount its partitions",
+        description="File-level restore: attach BACKUP (an id, or a backup file of the mount) "
+                    "of a running bakfs mount as a read-only loop device, expose its "
+                    "partitions and mount each one's file system read-only (no journal "
+                    "replay, nodev,nosuid,noexec). Prints the partitions and where they are "
+                    "mounted. Reading a file fetches only the objects under it. Needs root.")
+    attach.add_argument("backup", metavar="BACKUP")
+    attach.add_argument("--mount", metavar="MOUNTPOINT",
+                        help="the bakfs mount to use (default: the only one running)")
+    attach.add_argument("--dir", metavar="DIR",
+                        help="mount the partitions at DIR/p1, DIR/p2, ... (default: "
+                             "/run/bakfs/attach/<backup id>)")
+    attach.add_argument("--json", action="store_true", help="machine-readable output")
+
+    detach = commands.add_parser(
+        "detach", help="unmount and detach what `bakfs attach` attached",
+        description="Unmount the partitions of an attached backup and detach its loop "
+                    "device. WHAT is a backup id, a loop device or an attach directory; "
+                    "--all detaches every attached backup. Refused while files are open "
+                    "under a partition, unless --lazy.")
+    which = detach.add_mutually_exclusive_group(required=True)
+    which.add_argument("what", nargs="?", metavar="WHAT")
+    which.add_argument("--all", action="store_true", help="every attached backup")
+    detach.add_argument("--lazy", action="store_true",
+                        help="detach even while files are open (they go away when closed)")
+    detach.add_argument("--json", action="store_true", help="machine-readable output")
 
     index = commands.add_parser(
         "index", help="refresh or rebuild the local chunk index (LMDB)",
@@ -241,6 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "first).")
     export.add_argument("backup_id", metavar="BACKUP_ID")
     export.add_argument("--json", action="store_true", help="print the decoded record too")
+    completion = commands.add_parser(
+        "completion", help="print the bash completion script",
+        description="Print a bash completion script (commands, options, and volume and "
+                    "backup ids from the local index). Install it as "
+                    "/usr/share/bash-completion/completions/bakfs, or add "
+                    "eval \"$(bakfs completion)\" to ~/.bashrc.")
+    completion.add_argument("words", nargs="*", help=argparse.SUPPRESS)
+    completion.add_argument("--cword", type=int, help=argparse.SUPPRESS)
     _accept_config_after_the_command(parser)
     return parser
 
@@ -248,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     allocator.tune()  # before any thread exists
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(fstab.translate(list(sys.argv[1:] if argv is None else argv)))
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     log_module.setup(level, debug_modules=args.debug_module)
     try:

@@ -24,6 +24,7 @@ import platformdirs
 
 from bakfs.config import Config
 from bakfs.errors import MountError
+from bakfs.mount import sdnotify
 from bakfs.store import open_store_in_background
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def mount(config: Config, mountpoint: str, *, foreground: bool, fuse_options: li
     path = path.resolve()  # as /proc/self/mountinfo will name it (resolved before mounting)
     if not Path("/dev/fuse").exists():
         raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
-    notify: Callable[[str], None] = lambda message: None  # noqa: E731
+    notify: Callable[[str], None] = sdnotify.notifier()  # systemd's Type=notify, if any
     if not foreground:
         log_path = Path(log_file) if log_file else default_log_path(path)
         result = _daemonize(log_path)
