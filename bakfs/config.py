@@ -29,6 +29,8 @@ from bakfs.errors import ConfigError
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+TiB = 1024 * GiB
+MAX_VOLUME_SIZE = 1 << 62  # far beyond any disk, and below what a file size (signed 64 bits) holds
 
 ENV_PREFIX = "BAKFS_"
 CONFIG_ENV = "BAKFS_CONFIG"
@@ -196,6 +198,10 @@ class IndexOptions:
     path: str = _opt(str(Path(platformdirs.user_cache_dir("bakfs")) / "index"),
                      "directory of the LMDB chunk index")
     refresh_interval: float = _opt(60.0, "seconds between looks for backups made elsewhere")
+    max_volume_size: int = _opt(
+        64 * TiB, "largest volume a backup may claim: a backup whose `_metadata` claims more "
+                  "is listed as unreadable (its objects may be up to twice the larger of "
+                  "s3.object_size and Cinder's 50 MiB)", size=True)
 
 
 SECTIONS: dict[str, type] = {"s3": S3Options, "local": LocalOptions, "tsm": TsmOptions,
@@ -271,7 +277,7 @@ def _unwrap(hint: Any) -> tuple[type, tuple[str, ...], bool]:
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+_SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -406,7 +412,7 @@ def load(path: str | os.PathLike[str] | None = None,
         local=LocalOptions(**values["local"]),
         tsm=TsmOptions(**values["tsm"]),
         cache=_validate_cache(CacheOptions(**values["cache"])),
-        index=IndexOptions(**values["index"]),
+        index=_validate_index(IndexOptions(**values["index"])),
         path=file_path,
         sources=sources,
         warnings=tuple(warnings),
@@ -476,6 +482,16 @@ def _validate_cache(cache: CacheOptions) -> CacheOptions:
         if getattr(cache, name) < 0:
             raise ConfigError(f"cache.{name} must not be negative")
     return cache
+
+
+def _validate_index(index: IndexOptions) -> IndexOptions:
+    if index.refresh_interval <= 0:
+        raise ConfigError(f"index.refresh_interval must be positive, not "
+                          f"{index.refresh_interval}")
+    if not 0 < index.max_volume_size <= MAX_VOLUME_SIZE:
+        raise ConfigError(f"index.max_volume_size must be between 1 and {MAX_VOLUME_SIZE}, "
+                          f"not {index.max_volume_size}")
+    return index
 
 
 def describe(config: Config) -> list[tuple[OptionInfo, Any, str]]:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from bakfs import __version__
 from bakfs import config as config_module
 from bakfs import log as log_module
+from bakfs.cinder import limits
 from bakfs.errors import BakfsError
 
 log = logging.getLogger("bakfs")
@@ -246,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_module.load(args.config)
         log_module.setup(level, config, args.debug_module)
+        limits.configure(limits.Limits.from_config(config))  # bounds of every document
         for warning in config.warnings:
             log.warning("%s", warning)
         # lazy: only the command's own module is imported, so `bakfs umount` loads neither

@@ -256,3 +256,18 @@ def test_rewritten_metadata_is_reindexed(s3_store: S3Store,
         assert index.get_backup(chain.ids[0]).name == "renamed"  # type: ignore[union-attr]
     finally:
         index.close()
+
+
+def test_zero_digests_stay_small_for_any_claimed_length() -> None:
+    """A length of 2^40 is not hashed (it was: one digest kept per 4 KiB, 20 GB of RSS)."""
+    import resource
+
+    from bakfs.cinder.zeros import ZeroDigests
+
+    zeros = ZeroDigests()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert not zeros.is_zero(1 << 40, "0" * 32)
+    assert zeros.is_zero(64 << 20, ZERO_DIGESTS.of(64 << 20))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 8 * 1024
+    with pytest.raises(ValueError):
+        zeros.of(1 << 40)
