@@ -261,6 +261,8 @@ def parse_metadata(raw: bytes, what: str = "_metadata",
     objects = [_entry(item, i, what, limits)
                for i, item in enumerate(_field(doc, "objects", list, what))]
     _check_no_overlap(objects, what)
+    if len({o.name for o in objects}) != len(objects):
+        raise BadMetadata(f"{what} lists an object name twice")
     volume_meta = doc.get("volume_meta")
     if volume_meta is not None and not isinstance(volume_meta, str):
         try:

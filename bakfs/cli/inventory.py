@@ -158,7 +158,7 @@ def index_command(config: Config, action: str, as_json: bool) -> int:
         try:
             index = await open_index(config.index.path, bridge, wipe=action == "rebuild")
             try:
-                return await Catalog(store, index, bridge).refresh()
+                return await Catalog(store, index, bridge).refresh(check=True)
             finally:
                 await bridge.run_index(index.close)
         finally:

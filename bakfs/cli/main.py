@@ -150,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     index = commands.add_parser(
         "index", help="refresh or rebuild the local chunk index (LMDB)",
-        description="The index is a cache of the store: `refresh` adds new backups and drops "
-                    "deleted ones; `rebuild` recreates it from nothing.")
+        description="The index is a cache of the store: `refresh` checks every row of it "
+                    "(rebuilding it from the store if any is damaged), adds new backups and "
+                    "drops deleted ones; `rebuild` recreates it from nothing.")
     index.add_argument("index_action", choices=["refresh", "rebuild"], metavar="ACTION",
                        help="refresh or rebuild")
     index.add_argument("--json", action="store_true", help="machine-readable output")

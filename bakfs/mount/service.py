@@ -66,6 +66,7 @@ class MountService:
         self.staging = TsmStaging()  # reads of TSM-held backups
         self.tsm_records: list[TsmRecord] = []  # as last listed
         self.listed = trio.Event()  # the store has been listed once since the start
+        self.unreadable: list[BackupRecord] = []  # quarantined backups, with the reason
         self._tuned = False
         self._fh = itertools.count(1)
 
@@ -95,7 +96,9 @@ class MountService:
         cached by the kernel for DIR_TIMEOUT seconds only and listings never, so changes show
         without invalidation calls (which can deadlock when made while the kernel waits on
         a request for the same inode)."""
-        records = [r for r in await self.catalog.list_backups() if r.status == "ok"]
+        every = await self.catalog.list_backups()
+        records = [r for r in every if r.status == "ok"]
+        self.unreadable = [r for r in every if r.status != "ok"]
         backups: list[Backup] = [S3Backup(r, self.engine) for r in records]
         backups += [TsmBackup(r, self.staging) for r in self.tsm_records]
         self.tree.sync(backups)
@@ -125,6 +128,8 @@ class MountService:
                         "serving what the cache holds; retrying every %s s",
                         self.store.description, exc, len(self.tree.backups()),
                         self.config.index.refresh_interval)
+        except Exception:  # a bug, but the mount serves on: the next refresh retries
+            log.exception("the first listing failed unexpectedly")
         finally:
             self.listed.set()
 
@@ -139,6 +144,8 @@ class MountService:
                 await self.refresh()
             except BakfsError as exc:
                 log.warning("refresh failed (the tree keeps what it showed): %s", exc)
+            except Exception:  # a bug, but one refresh must not end the mount
+                log.exception("refresh failed unexpectedly (the tree keeps what it showed)")
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -299,10 +306,11 @@ class MountService:
         return status.status_text(
             self.store.description, len(self.tree.backups()), self.counters,
             self.engine.cache.stats, manager.all_progress() if manager else None,
-            self.staging.error, self._active_writers())
+            self.staging.error, self._active_writers(), self.unreadable)
 
     def metrics(self) -> str:
-        return status.metrics_text(self.counters, self.engine.cache.stats, len(self.writers))
+        return status.metrics_text(self.counters, self.engine.cache.stats, len(self.writers),
+                                   len(self.unreadable))
 
 
 def _newest_order(record: BackupRecord) -> tuple[str, float, int, str]:

@@ -233,7 +233,7 @@ def test_impossible_row_found_while_reading_triggers_a_rebuild(
                     if key[:4] == record.seq.to_bytes(4, "big"):
                         txn.put(key, value[:8] + b"\x09" + value[9:], db=db)
             assert await read_backup(engine, chain.ids[1], 0, SIZE) == chain.images[1]
-            assert engine.catalog.index.rebuilt == "it held an impossible row"
+            assert "its checksum does not match" in (engine.catalog.index.rebuilt or "")
 
     trio.run(main)
 
