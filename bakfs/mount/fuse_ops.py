@@ -18,9 +18,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from bakfs.cinder import naming
 from bakfs.errors import BakfsError, FormatError, OutOfOrderWrite, VolumeBusy
-from bakfs.mount.namespace import REFRESH_XATTR, ROOT_INODE, Node
+from bakfs.mount.namespace import REFRESH_XATTR, ROOT_INODE, Node, incoming_target
 from bakfs.mount.service import MountService
 
 log = logging.getLogger(__name__)
@@ -192,13 +191,13 @@ class Operations(pyfuse3.Operations):
                                                            pyfuse3.EntryAttributes]:
         if parent_inode != self.tree.incoming.inode:
             raise pyfuse3.FUSEError(errno.EROFS)
-        volume_id = os.fsdecode(name)
+        text = os.fsdecode(name)
         try:
-            naming.validate_id("volume", volume_id)
+            volume_id, full = incoming_target(text)
         except FormatError as exc:
-            log.error("incoming/%r refused: %s", volume_id, exc)
+            log.error("incoming/%r refused: %s", text, exc)
             raise pyfuse3.FUSEError(errno.EINVAL) from None
-        fh, node = await self.service.start_incoming(volume_id, ctx.pid)
+        fh, node = await self.service.start_incoming(volume_id, ctx.pid, full=full, name=text)
         info = pyfuse3.FileInfo(fh=fh, direct_io=True)
         return info, self.attributes(node)
 
@@ -219,13 +218,11 @@ class Operations(pyfuse3.Operations):
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        # O_TRUNC on a new incoming file asks for size 0, which it has; nothing else changes
-        if node.kind == "incoming" and fields.update_size and attr.st_size == 0 and not (
-                fields.update_mode or fields.update_uid or fields.update_gid):
-            return self.attributes(node)
-        if node.kind == "incoming" and not fields.update_size:
-            return self.attributes(node)  # touch, utimes: ignored
-        raise pyfuse3.FUSEError(errno.EROFS)
+        if node.kind != "incoming":
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if fields.update_size:  # O_TRUNC, or a sparse copy's last hole: failing fails it
+            await self.service.truncate(node, attr.st_size)
+        return self.attributes(node)  # mode, owner, times: a backup keeps none, ignored
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
