@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = importlib.import_module(f"bakfs.cli.{COMMANDS[args.command]}")
         return int(command.run(args, config))
     except BakfsError as exc:
-        print(f"bakfs: error: {exc}", file=sys.stderr)
+        print(f"bakfs: error: {log_module.redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("bakfs: interrupted", file=sys.stderr)
