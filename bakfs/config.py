@@ -204,8 +204,29 @@ class IndexOptions:
                   "s3.object_size and Cinder's 50 MiB)", size=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class MountOptions:
+    """`[mount]`: who may read the backups of a mount. The kernel checks these permissions
+    (default_permissions); `-o allow_other` is what lets users other than the one who mounted
+    in at all."""
+
+    owner: str = _opt("", "owner of every file and directory of the mount (a user name or "
+                          "uid); empty: the user who mounts")
+    group: str = _opt("", "their group (a name or gid); empty: `disk` when root mounts "
+                          "(who may read disks may read their backups), else the user's "
+                          "primary group")
+    file_mode: str = _opt("0440", "mode of backup files and .status (octal); directories get "
+                                  "x where files get r, and only the owner writes into "
+                                  "incoming/")
+
+    @property
+    def file_mode_bits(self) -> int:
+        return int(self.file_mode, 8)
+
+
 SECTIONS: dict[str, type] = {"s3": S3Options, "local": LocalOptions, "tsm": TsmOptions,
-                             "cache": CacheOptions, "index": IndexOptions}
+                             "cache": CacheOptions, "index": IndexOptions,
+                             "mount": MountOptions}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +239,7 @@ class Config:
     tsm: TsmOptions = dataclasses.field(default_factory=TsmOptions)
     cache: CacheOptions = dataclasses.field(default_factory=CacheOptions)
     index: IndexOptions = dataclasses.field(default_factory=IndexOptions)
+    mount: MountOptions = dataclasses.field(default_factory=MountOptions)
     path: Path | None = None
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -413,6 +435,7 @@ def load(path: str | os.PathLike[str] | None = None,
         tsm=TsmOptions(**values["tsm"]),
         cache=_validate_cache(CacheOptions(**values["cache"])),
         index=_validate_index(IndexOptions(**values["index"])),
+        mount=_validate_mount(MountOptions(**values["mount"])),
         path=file_path,
         sources=sources,
         warnings=tuple(warnings),
@@ -482,6 +505,17 @@ def _validate_cache(cache: CacheOptions) -> CacheOptions:
         if getattr(cache, name) < 0:
             raise ConfigError(f"cache.{name} must not be negative")
     return cache
+
+
+def _validate_mount(mount: MountOptions) -> MountOptions:
+    if not re.fullmatch(r"0?[0-7]{3}", mount.file_mode):
+        raise ConfigError(f"mount.file_mode {mount.file_mode!r} must be an octal mode such as "
+                          "0440")
+    for name in ("owner", "group"):
+        value = getattr(mount, name)
+        if value and not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?", value):
+            raise ConfigError(f"mount.{name} {value!r} is neither a name nor a number")
+    return mount
 
 
 def _validate_index(index: IndexOptions) -> IndexOptions:

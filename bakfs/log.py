@@ -73,7 +73,8 @@ def redact(text: str) -> str:
 def config_secrets(config: Config) -> list[str]:
     """The revealed values of every secret in the configuration."""
     values = []
-    for section in (config.s3, config.local, config.tsm, config.cache, config.index):
+    for section in (config.s3, config.local, config.tsm, config.cache, config.index,
+                    config.mount):
         for value in vars(section).values():
             if isinstance(value, Secret):
                 values.append(value.reveal())

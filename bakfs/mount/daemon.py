@@ -33,6 +33,7 @@ from bakfs.config import Config
 from bakfs.errors import BakfsError, MountError
 from bakfs.mount.fuse_ops import Operations
 from bakfs.mount.namespace import Tree
+from bakfs.mount.permissions import Permissions, resolve
 from bakfs.mount.service import MountService
 from bakfs.read.engine import open_engine
 from bakfs.store import open_store_in_background
@@ -74,6 +75,13 @@ def _check_mountpoint(mountpoint: Path, cleaned: bool = False) -> None:
         raise MountError(f"{mountpoint} is already a mount point (bakfs umount it first)")
     if not mountpoint.is_dir():
         raise MountError(f"mountpoint {mountpoint} is not a directory")
+    try:
+        hidden = len(os.listdir(mountpoint))
+    except OSError:
+        hidden = 0
+    if hidden:
+        log.warning("%s is not empty: its %d entries are hidden while bakfs is mounted over "
+                    "it", mountpoint, hidden)
 
 
 def mount(config: Config, mountpoint: str, *, foreground: bool, fuse_options: list[str],
@@ -82,6 +90,7 @@ def mount(config: Config, mountpoint: str, *, foreground: bool, fuse_options: li
     None; else return in the user's process once the daemon is ready (or failed)."""
     path = Path(os.path.abspath(mountpoint))
     _check_mountpoint(path)
+    permissions = resolve(config.mount)  # an unknown owner or group fails before the fork
     path = path.resolve()  # as /proc/self/mountinfo will name it (resolved before mounting)
     if not Path("/dev/fuse").exists():
         raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
@@ -93,7 +102,7 @@ def mount(config: Config, mountpoint: str, *, foreground: bool, fuse_options: li
             return result
         notify = result
     try:
-        trio.run(_serve, config, path, fuse_options, notify)
+        trio.run(_serve, config, path, fuse_options, notify, permissions)
     except BakfsError as exc:
         notify(f"error: {exc}")
         raise
@@ -138,18 +147,19 @@ def _daemonize(log_path: Path) -> Started | Callable[[str], None]:
 
 
 async def _serve(config: Config, mountpoint: Path, fuse_options: list[str],
-                 notify: Callable[[str], None]) -> None:
+                 notify: Callable[[str], None], permissions: Permissions) -> None:
     # The store (boto3, its client, the bucket check) opens in a thread: with an index that
     # knows the backups, the mount is up before the store is (a new index waits for it).
     store = open_store_in_background(config)
     try:
-        await _serve_store(config, store, mountpoint, fuse_options, notify)
+        await _serve_store(config, store, mountpoint, fuse_options, notify, permissions)
     finally:
         store.close()
 
 
 async def _serve_store(config: Config, store: OpeningStore, mountpoint: Path,
-                       fuse_options: list[str], notify: Callable[[str], None]) -> None:
+                       fuse_options: list[str], notify: Callable[[str], None],
+                       permissions: Permissions) -> None:
     async with open_engine(config, store) as engine:
         tree = Tree(time.time())
         service = MountService(config, engine, tree)
@@ -158,10 +168,11 @@ async def _serve_store(config: Config, store: OpeningStore, mountpoint: Path,
         index_listed = engine.catalog.last_refresh != float("-inf")
         await service.refresh(list_store=False)
         service.mountpoint = mountpoint
-        operations = Operations(service)
+        operations = Operations(service, permissions)
         options = set(pyfuse3.default_options)
         options.add("fsname=bakfs")
         options.add("subtype=bakfs")
+        options.add("default_permissions")  # the kernel enforces `permissions`
         options.update(fuse_options)
         pyfuse3.init(operations, str(mountpoint), options)
         log.info("mounted %s on %s", service.store.description, mountpoint)

@@ -89,7 +89,7 @@ def test_browse_and_restore_a_chain_with_dd(env: dict[str, str], tmp_path: Path,
     for name, data, backup_id in zip(names[:-1], versions, ids, strict=True):
         path = mount.path / "vol-a" / name
         st = path.stat()
-        assert st.st_size == SIZE and st.st_mode & 0o777 == 0o444
+        assert st.st_size == SIZE and st.st_mode & 0o777 == 0o440
         assert abs(st.st_mtime - time.time()) < 600
         restored = tmp_path / f"restored-{backup_id}"
         result = _dd(path, restored)
