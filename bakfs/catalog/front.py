@@ -108,6 +108,8 @@ class Catalog:
         self._refresh_lock = trio.Lock()
         self.generation = 0  # resets of the index so far
         self._last_reset = float("-inf")
+        self._settled = trio.Event()  # unset from a reset until the index is filled again
+        self._settled.set()
 
     # -- keeping in step with the store ----------------------------------------------------
 
@@ -115,22 +117,28 @@ class Catalog:
         """Bring the index in step with the store (one at a time); with `check`, read every
         row of the index first and rebuild it if any is damaged (`bakfs index refresh`)."""
         async with self._refresh_lock:
+            return await self._refresh(check)
+
+    async def _refresh(self, check: bool) -> sync.RefreshResult:
+        try:
             if check:
                 try:
                     problems = await self.bridge.run_index(self.index.check)
                 except IndexCorrupt as exc:
                     problems = [str(exc)]
                 if problems:
-                    await self._reset(f"it was damaged ({len(problems)} problems, the first: "
-                                      f"{problems[0]})")
+                    await self._reset(f"it was damaged ({len(problems)} problems, the "
+                                      f"first: {problems[0]})")
             try:
                 result = await sync.refresh(self.store, self.index, self.bridge)
             except IndexCorrupt as exc:
                 await self._reset(f"it was damaged ({exc})")
                 result = await sync.refresh(self.store, self.index, self.bridge)
-            self.last_refresh = time.monotonic()
-            self._forget()
-            return result
+        finally:
+            self._settled.set()  # whatever came of it, a reset is over
+        self.last_refresh = time.monotonic()
+        self._forget()
+        return result
 
     async def rebuild(self, reason: str, generation: int | None = None) -> None:
         """Recreate the index from nothing (after finding it damaged), unless it was rebuilt
@@ -139,11 +147,16 @@ class Catalog:
         async with self._refresh_lock:
             if generation is not None and generation != self.generation:
                 return
-            await self._reset(reason)
-        await self.refresh()
+            try:
+                await self._reset(reason)
+            finally:
+                await self._refresh(check=False)
 
     async def _reset(self, reason: str) -> None:
+        """Wipe the index; index calls wait (`_settled`) until the refresh that follows has
+        filled it again, rather than find it empty."""
         log.error("index: %s; rebuilding it from the store", reason)
+        self._settled = trio.Event()
         await self.bridge.run_index(self.index.reset, reason)
         self.generation += 1
         self._last_reset = time.monotonic()
@@ -154,9 +167,14 @@ class Catalog:
         made once more (an error then is the caller's). Damage found again within
         REBUILD_PAUSE of a rebuild is only reported: a rebuild that does not cure it (a bug,
         or a disk that keeps failing) must not turn every read into a rebuild."""
+        await self._settled.wait()
         generation = self.generation
         try:
             return await self.bridge.run_index(fn, *args)
+        except BackupNotFound:
+            if generation == self.generation:
+                raise
+            # the index was wiped during the call: ask the rebuilt one
         except IndexCorrupt as exc:
             if generation != self.generation:
                 pass  # found on the index just replaced: try the new one
@@ -164,6 +182,7 @@ class Catalog:
                 raise
             else:
                 await self.rebuild(f"it was damaged ({exc})", generation)
+        await self._settled.wait()
         return await self.bridge.run_index(fn, *args)
 
     async def add(self, ref: BackupRef, metadata: BackupMetadata) -> BackupRecord:
