@@ -30,6 +30,7 @@ from bakfs.backup.plan import ParentCandidate, plan_backup
 from bakfs.backup.sink import BackupSink
 from bakfs.catalog.discovery import BackupRef
 from bakfs.catalog.leases import VolumeLease
+from bakfs.cinder.limits import current_limits
 from bakfs.cinder.metadata import BackupMetadata
 from bakfs.config import Config
 from bakfs.errors import BackupFailed, BakfsError, OutOfOrderWrite, StoreUnreachable, WriterKilled
@@ -64,6 +65,14 @@ class _WriterState:
             raise OutOfOrderWrite(
                 f"incoming/{self.volume_id}: write at offset {offset}, but {self.written} "
                 "bytes were written so far; backups are written sequentially (dd, cp, cat)")
+        self._check_bound(offset)
+
+    def _check_bound(self, size: int) -> None:
+        """A seek or truncate far past any volume would feed zeros for days: refused."""
+        largest = current_limits().max_volume_size
+        if size > largest:
+            raise BackupFailed(f"incoming/{self.volume_id}: {size} bytes is past the largest "
+                               f"volume bakfs accepts ({largest}; index.max_volume_size)")
 
     def _check_truncate(self, size: int) -> None:
         if self.done:
@@ -73,6 +82,7 @@ class _WriterState:
             raise OutOfOrderWrite(
                 f"incoming/{self.volume_id}: truncate to {size} bytes, but {self.written} "
                 "bytes were written so far; a backup cannot take bytes back")
+        self._check_bound(size)
 
     def _outcome_again(self) -> object:
         if self.result is not None:

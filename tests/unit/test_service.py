@@ -192,6 +192,10 @@ def test_a_failed_truncate_or_an_empty_file_commits_nothing(
         await service.write(fh, 0, b"x" * 100_000)
         with pytest.raises(OutOfOrderWrite, match="truncate"):
             await service.truncate(node, 50_000)  # shrinking what was written
+        fh2, node2 = await service.start_incoming("vol-far", os.getpid())
+        with pytest.raises(BackupFailed, match="past the largest volume"):
+            await service.truncate(node2, 1 << 62)  # no days of zeros
+        await service.release(fh2)
         with pytest.raises(BackupFailed):  # the close reports it: nothing committed
             await service.finish(fh, closing=True)
         await service.release(fh)
@@ -201,7 +205,7 @@ def test_a_failed_truncate_or_an_empty_file_commits_nothing(
         with pytest.raises(BackupFailed, match="empty file makes no backup"):
             await service.finish(fh, closing=True)
         await service.release(fh)
-        assert service.counters.backups_failed == 2 and not service.writers
+        assert service.counters.backups_failed == 3 and not service.writers
 
     _serve(tmp_path, store, body)
     assert find_backups(store.inner, "vol-shrink") == []  # type: ignore[arg-type]
