@@ -245,9 +245,11 @@ def _entry(item: object, i: int, what: str, limits: Limits) -> ObjectEntry:
     if not _MD5_RE.fullmatch(md5):
         raise BadMetadata(f"{where}: md5 {_shown(md5)} is not 32 hexadecimal digits")
     try:
-        codec.family(compression)
+        codec.family(compression[:16])
     except UnsupportedCompression as exc:
         raise BadMetadata(f"{where}: {exc}") from None
+    if len(compression) > 16:
+        raise BadMetadata(f"{where}: unknown compression {_shown(compression)}")
     return ObjectEntry(name=name, offset=offset, length=length, compression=compression,
                        md5=md5.lower())
 
@@ -255,7 +257,7 @@ def _entry(item: object, i: int, what: str, limits: Limits) -> ObjectEntry:
 def parse_metadata(raw: bytes, what: str = "_metadata",
                    limits: Limits | None = None) -> BackupMetadata:
     """Parse and check a `_metadata` document; BadMetadata says what is wrong. `limits`
-    default to the configured ones (`configure`)."""
+    default to the configured ones (`bakfs.cinder.limits.configure`)."""
     limits = limits or current_limits()
     doc = _load(raw, what)
     objects = [_entry(item, i, what, limits)
