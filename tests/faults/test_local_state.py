@@ -3,6 +3,7 @@ are caches of the store: damage is found and repaired from it, never served."""
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -131,7 +132,5 @@ def test_cache_damaged_while_mounted(env: dict[str, str], make_backup: Make,
     time.sleep(1)  # the cache files are written in the background
     assert _damage_cache(Path(env["BAKFS_CACHE_PATH"])) > 0
     with open(path, "rb") as f:  # forget the kernel's copy of this file
-        import os
-
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     assert path.read_bytes() == data
