@@ -4,6 +4,7 @@ holes and all-zero objects never fetched, lookups in a 1 TiB map, the CLI comman
 from __future__ import annotations
 
 import json
+import resource
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from bakfs.catalog.index import (
 )
 from bakfs.catalog.sync import open_index, refresh
 from bakfs.cinder.metadata import ObjectEntry
-from bakfs.cinder.zeros import ZERO_DIGESTS
+from bakfs.cinder.zeros import ZERO_DIGESTS, ZeroDigests
 from bakfs.config import Config
 from bakfs.read.engine import open_engine
 from bakfs.store.s3 import S3Store
@@ -260,10 +261,6 @@ def test_rewritten_metadata_is_reindexed(s3_store: S3Store,
 
 def test_zero_digests_stay_small_for_any_claimed_length() -> None:
     """A length of 2^40 is not hashed (it was: one digest kept per 4 KiB, 20 GB of RSS)."""
-    import resource
-
-    from bakfs.cinder.zeros import ZeroDigests
-
     zeros = ZeroDigests()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert not zeros.is_zero(1 << 40, "0" * 32)

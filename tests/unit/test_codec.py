@@ -1,5 +1,7 @@
 import bz2
 import os
+import resource
+import time
 import zlib
 
 import pytest
@@ -69,9 +71,6 @@ def test_verify_checks_length_and_md5_and_names_the_object() -> None:
 def test_a_bomb_is_refused_at_the_recorded_length(name: str, content_size: bool) -> None:
     """256 MiB of zeros packed into a few hundred KB, recorded as 4 KiB: refused as soon
     as the output passes 4 KiB, in milliseconds and without the 256 MiB (issue 14, item 4)."""
-    import resource
-    import time
-
     plain = bytes(256 << 20)
     if name == "zstd":
         body = zstandard.ZstdCompressor(write_content_size=content_size).compress(plain)

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from bakfs.cinder.extents import Digests
+from bakfs.cinder.limits import CINDER_OBJECT_SIZE, Limits
 from bakfs.cinder.metadata import (
     BackupMetadata,
     ObjectEntry,
@@ -11,6 +12,7 @@ from bakfs.cinder.metadata import (
     parse_metadata,
     parse_sha256file,
 )
+from bakfs.config import Config, IndexOptions, S3Options
 from bakfs.errors import BadMetadata
 
 NAME = "volume_v/20261122235718/az_nova_backup_b-00001"
@@ -122,9 +124,6 @@ def test_hostile_values_are_refused_with_the_reason(mutate, message: str) -> Non
 
 
 def test_limits_come_from_the_configuration() -> None:
-    from bakfs.cinder.limits import CINDER_OBJECT_SIZE, Limits
-    from bakfs.config import Config, IndexOptions, S3Options
-
     doc = json.loads(_metadata().to_json())
     doc["objects"][0][NAME]["offset"] = (1 << 30) - 100  # ends 64 KiB past 1 GiB
     raw = json.dumps(doc).encode()
