@@ -29,6 +29,8 @@ from bakfs.errors import ConfigError
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+TiB = 1024 * GiB
+MAX_VOLUME_SIZE = 1 << 62  # far beyond any disk, and below what a file size (signed 64 bits) holds
 
 ENV_PREFIX = "BAKFS_"
 CONFIG_ENV = "BAKFS_CONFIG"
@@ -199,10 +201,35 @@ class IndexOptions:
     path: str = _opt(str(Path(platformdirs.user_cache_dir("bakfs")) / "index"),
                      "directory of the LMDB chunk index")
     refresh_interval: float = _opt(60.0, "seconds between looks for backups made elsewhere")
+    max_volume_size: int = _opt(
+        64 * TiB, "largest volume a backup may claim: a backup whose `_metadata` claims more "
+                  "is listed as unreadable (its objects may be up to twice the larger of "
+                  "s3.object_size and Cinder's 50 MiB)", size=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class MountOptions:
+    """`[mount]`: who may read the backups of a mount. The kernel checks these permissions
+    (default_permissions); `-o allow_other` is what lets users other than the one who mounted
+    in at all."""
+
+    owner: str = _opt("", "owner of every file and directory of the mount (a user name or "
+                          "uid); empty: the user who mounts")
+    group: str = _opt("", "their group (a name or gid); empty: `disk` when root mounts "
+                          "(who may read disks may read their backups), else the user's "
+                          "primary group")
+    file_mode: str = _opt("0440", "mode of backup files and .status (octal); directories get "
+                                  "x where files get r, and only the owner writes into "
+                                  "incoming/")
+
+    @property
+    def file_mode_bits(self) -> int:
+        return int(self.file_mode, 8)
 
 
 SECTIONS: dict[str, type] = {"s3": S3Options, "local": LocalOptions, "tsm": TsmOptions,
-                             "cache": CacheOptions, "index": IndexOptions}
+                             "cache": CacheOptions, "index": IndexOptions,
+                             "mount": MountOptions}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +242,7 @@ class Config:
     tsm: TsmOptions = dataclasses.field(default_factory=TsmOptions)
     cache: CacheOptions = dataclasses.field(default_factory=CacheOptions)
     index: IndexOptions = dataclasses.field(default_factory=IndexOptions)
+    mount: MountOptions = dataclasses.field(default_factory=MountOptions)
     path: Path | None = None
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -274,7 +302,7 @@ def _unwrap(hint: Any) -> tuple[type, tuple[str, ...], bool]:
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+_SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -409,7 +437,8 @@ def load(path: str | os.PathLike[str] | None = None,
         local=LocalOptions(**values["local"]),
         tsm=TsmOptions(**values["tsm"]),
         cache=_validate_cache(CacheOptions(**values["cache"])),
-        index=IndexOptions(**values["index"]),
+        index=_validate_index(IndexOptions(**values["index"])),
+        mount=_validate_mount(MountOptions(**values["mount"])),
         path=file_path,
         sources=sources,
         warnings=tuple(warnings),
@@ -479,6 +508,27 @@ def _validate_cache(cache: CacheOptions) -> CacheOptions:
         if getattr(cache, name) < 0:
             raise ConfigError(f"cache.{name} must not be negative")
     return cache
+
+
+def _validate_mount(mount: MountOptions) -> MountOptions:
+    if not re.fullmatch(r"0?[0-7]{3}", mount.file_mode):
+        raise ConfigError(f"mount.file_mode {mount.file_mode!r} must be an octal mode such as "
+                          "0440")
+    for name in ("owner", "group"):
+        value = getattr(mount, name)
+        if value and not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?", value):
+            raise ConfigError(f"mount.{name} {value!r} is neither a name nor a number")
+    return mount
+
+
+def _validate_index(index: IndexOptions) -> IndexOptions:
+    if index.refresh_interval <= 0:
+        raise ConfigError(f"index.refresh_interval must be positive, not "
+                          f"{index.refresh_interval}")
+    if not 0 < index.max_volume_size <= MAX_VOLUME_SIZE:
+        raise ConfigError(f"index.max_volume_size must be between 1 and {MAX_VOLUME_SIZE}, "
+                          f"not {index.max_volume_size}")
+    return index
 
 
 def describe(config: Config) -> list[tuple[OptionInfo, Any, str]]:

@@ -149,10 +149,18 @@ def find_backup(store: ObjectStore, backup_id: str, volume_id: str | None = None
 
 
 def check_metadata(metadata: BackupMetadata, ref: BackupRef) -> BackupMetadata:
-    """The document, if it describes the backup its name says; BadMetadata if not."""
+    """The document, if it describes the backup its name says and lists only that backup's
+    own data objects (as Cinder and bakfs name them: its prefix, a dash, a number), so a
+    hostile document cannot make a reader fetch another key of the bucket; BadMetadata if
+    not."""
     if metadata.backup_id != ref.backup_id or metadata.volume_id != ref.volume_id:
-        raise BadMetadata(f"{ref.metadata_key} describes backup {metadata.backup_id} of volume "
-                          f"{metadata.volume_id}, not the one its name says")
+        raise BadMetadata(f"{ref.metadata_key} describes backup {metadata.backup_id!a} of "
+                          f"volume {metadata.volume_id!a}, not the one its name says")
+    own = f"{ref.prefix}-"
+    for entry in metadata.objects:
+        if not (entry.name.startswith(own) and _is_number(entry.name[len(own):])):
+            raise BadMetadata(f"{ref.metadata_key} lists object {entry.name!a}, which is not "
+                              "one of this backup's objects")
     return metadata
 
 
@@ -197,3 +205,7 @@ def backup_objects(store: ObjectStore, ref: BackupRef) -> list[ObjectInfo]:
     merely starts with this one's."""
     return [info for info in store.list(str(ref.prefix))
             if (parsed := naming.parse_key(info.key)) is not None and parsed.prefix == ref.prefix]
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()

@@ -5,8 +5,9 @@ The index answers every question; the store is asked only by `refresh`, by `find
 the index does not know yet (a backup made elsewhere moments ago) and by `add` for a backup
 this process committed. A read never lists the store. Recently looked-up runs of extents are
 kept in memory (bounded), so a sequential reader asks LMDB once per few hundred extents.
-An index found holding an impossible row is rebuilt from the store and the lookup retried:
-damage to this cache of the store is repaired, never served.
+An index found damaged (a row failing its checksum or its bounds, an impossible map, any
+LMDB error: `IndexCorrupt`) is wiped and rebuilt from the store and the call retried once:
+damage to this cache of the store is repaired, never served, and never a traceback.
 
 Async, on trio; every blocking call goes through `bakfs.threads`.
 """
@@ -18,8 +19,9 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -33,9 +35,12 @@ from bakfs.threads import Bridge
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 PAGE_SPANS = 256  # extents fetched past a lookup, for the next reads
 MAX_CACHED_SPANS = 1 << 16  # bound of the in-memory extent pages
 REFRESH_AFTER_MISS = 5.0  # seconds between refreshes `find` may start for unknown ids
+REBUILD_PAUSE = 10.0  # seconds after a rebuild in which damage found again is only reported
 
 
 class _Pages:
@@ -101,24 +106,84 @@ class Catalog:
         self._pages = _Pages()
         self._records: dict[str, BackupRecord] = {}
         self._refresh_lock = trio.Lock()
+        self.generation = 0  # resets of the index so far
+        self._last_reset = float("-inf")
+        self._settled = trio.Event()  # unset from a reset until the index is filled again
+        self._settled.set()
 
     # -- keeping in step with the store ----------------------------------------------------
 
-    async def refresh(self) -> sync.RefreshResult:
-        """Bring the index in step with the store (one at a time)."""
+    async def refresh(self, *, check: bool = False) -> sync.RefreshResult:
+        """Bring the index in step with the store (one at a time); with `check`, read every
+        row of the index first and rebuild it if any is damaged (`bakfs index refresh`)."""
         async with self._refresh_lock:
-            result = await sync.refresh(self.store, self.index, self.bridge)
-            self.last_refresh = time.monotonic()
-            self._forget()
-            return result
+            return await self._refresh(check)
 
-    async def rebuild(self) -> sync.RefreshResult:
-        """Recreate the index's contents from nothing (after finding it corrupt). The
-        environment stays open: other tasks may be inside a lookup in another thread."""
+    async def _refresh(self, check: bool) -> sync.RefreshResult:
+        try:
+            if check:
+                try:
+                    problems = await self.bridge.run_index(self.index.check)
+                except IndexCorrupt as exc:
+                    problems = [str(exc)]
+                if problems:
+                    await self._reset(f"it was damaged ({len(problems)} problems, the "
+                                      f"first: {problems[0]})")
+            try:
+                result = await sync.refresh(self.store, self.index, self.bridge)
+            except IndexCorrupt as exc:
+                await self._reset(f"it was damaged ({exc})")
+                result = await sync.refresh(self.store, self.index, self.bridge)
+        finally:
+            self._settled.set()  # whatever came of it, a reset is over
+        self.last_refresh = time.monotonic()
+        self._forget()
+        return result
+
+    async def rebuild(self, reason: str, generation: int | None = None) -> None:
+        """Recreate the index from nothing (after finding it damaged), unless it was rebuilt
+        since `generation` (another task found the same damage first). Other tasks may be
+        inside a lookup in another thread: the index waits for them."""
         async with self._refresh_lock:
-            await self.bridge.run_index(self.index.clear)
-            self.index.rebuilt = "it held an impossible row"
-        return await self.refresh()
+            if generation is not None and generation != self.generation:
+                return
+            try:
+                await self._reset(reason)
+            finally:
+                await self._refresh(check=False)
+
+    async def _reset(self, reason: str) -> None:
+        """Wipe the index; index calls wait (`_settled`) until the refresh that follows has
+        filled it again, rather than find it empty."""
+        log.error("index: %s; rebuilding it from the store", reason)
+        self._settled = trio.Event()
+        await self.bridge.run_index(self.index.reset, reason)
+        self.generation += 1
+        self._last_reset = time.monotonic()
+        self._forget()
+
+    async def _index(self, fn: Callable[..., T], *args: object) -> T:
+        """An index call in an index thread; damage found rebuilds the index and the call is
+        made once more (an error then is the caller's). Damage found again within
+        REBUILD_PAUSE of a rebuild is only reported: a rebuild that does not cure it (a bug,
+        or a disk that keeps failing) must not turn every read into a rebuild."""
+        await self._settled.wait()
+        generation = self.generation
+        try:
+            return await self.bridge.run_index(fn, *args)
+        except BackupNotFound:
+            if generation == self.generation:
+                raise
+            # the index was wiped during the call: ask the rebuilt one
+        except IndexCorrupt as exc:
+            if generation != self.generation:
+                pass  # found on the index just replaced: try the new one
+            elif time.monotonic() - self._last_reset < REBUILD_PAUSE:
+                raise
+            else:
+                await self.rebuild(f"it was damaged ({exc})", generation)
+        await self._settled.wait()
+        return await self.bridge.run_index(fn, *args)
 
     async def add(self, ref: BackupRef, metadata: BackupMetadata) -> BackupRecord:
         """Index a backup this process has just committed (no listing of the store)."""
@@ -138,7 +203,7 @@ class Catalog:
         """The record of a readable backup the index knows; BackupNotFound otherwise."""
         record = self._records.get(backup_id)
         if record is None:
-            record = await self.bridge.run_index(self.index.get_backup, backup_id)
+            record = await self._index(self.index.get_backup, backup_id)
             if record is None:
                 raise BackupNotFound(f"no complete backup {backup_id} in "
                                      f"{self.store.description}")
@@ -151,13 +216,13 @@ class Catalog:
     async def find(self, backup_id: str) -> BackupRecord:
         """`record`, listing the store first when the index does not know the id (it may have
         been made elsewhere since the last refresh)."""
-        known = await self.bridge.run_index(self.index.get_backup, backup_id)
+        known = await self._index(self.index.get_backup, backup_id)
         if known is None and time.monotonic() - self.last_refresh > REFRESH_AFTER_MISS:
             await self.refresh()
         return await self.record(backup_id)
 
     async def list_backups(self, volume_id: str | None = None) -> list[BackupRecord]:
-        return await self.bridge.run_index(self.index.list_backups, volume_id)
+        return await self._index(self.index.list_backups, volume_id)
 
     # -- extents ---------------------------------------------------------------------------
 
@@ -188,14 +253,8 @@ class Catalog:
 
     async def _lookup(self, backup_id: str, offset: int, size: int) -> list[Span]:
         self.lookups += 1
-        try:
-            _record, spans = await self.bridge.run_index(self.index.lookup, backup_id,
-                                                         offset, size, PAGE_SPANS)
-        except IndexCorrupt as exc:
-            log.error("index: %s; rebuilding it from the store", exc)
-            await self.rebuild()
-            _record, spans = await self.bridge.run_index(self.index.lookup, backup_id,
-                                                         offset, size, PAGE_SPANS)
+        _record, spans = await self._index(self.index.lookup, backup_id, offset, size,
+                                           PAGE_SPANS)
         return spans
 
 

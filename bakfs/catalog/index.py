@@ -18,6 +18,13 @@ seq and its position in that backup's `objects` list. A backup's extents tile [0
 may point at objects of its ancestors. Kinds: data, hole (no object covers the range) and
 zero (an object whose md5 is the md5 of `length` zero bytes: never fetched).
 
+Damage is found, never served: every value but the schema mark ends with a CRC-32 of its key
+and value (`_seal`), so a flipped bit in a row, or in the key it is stored under, is an
+`IndexCorrupt`; a data extent must lie inside its object and where its object says it is;
+and any LMDB error is an `IndexCorrupt` too. The caller rebuilds the index from the store
+(`reset` wipes it, even while other threads use it: they wait at `_gate`). `check` reads
+every row, for `bakfs index refresh`.
+
 A backup becomes visible (status "ok") only in the transaction that finishes it; rows are
 written in bounded batches before that under status "building", which a later open purges.
 
@@ -28,14 +35,18 @@ trio, boto3 or FUSE.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import shutil
 import struct
-from collections.abc import Iterable, Sequence
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import lmdb
 
@@ -44,7 +55,7 @@ from bakfs.errors import BackupNotFound, IndexCorrupt
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = b"bakfs-index-2"  # 2: own_bytes, stored_bytes, codecs
+SCHEMA_VERSION = b"bakfs-index-3"  # 2: own_bytes, stored_bytes, codecs; 3: row checksums
 MAP_SIZE = 1 << 40  # address space only; the file grows as needed
 BATCH_ROWS = 20_000
 
@@ -61,7 +72,75 @@ _OBJ_KEY = struct.Struct(">II")
 _EXT_KEY = struct.Struct(">IQ")
 _OBJ_VAL = struct.Struct(">QQ16sB")  # offset, length, md5, len(codec); then codec, name
 _EXT_VAL = struct.Struct(">QBIIQ")  # length, kind, owner seq, owner n, offset in object
+_CRC = struct.Struct(">I")
 NO_OWNER = 0xFFFFFFFF
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _seal(key: bytes, payload: bytes) -> bytes:
+    """The stored value: the payload and a CRC-32 of key and payload."""
+    return payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(key)))
+
+
+def _unseal(key: bytes, value: bytes, what: str) -> bytes:
+    """The payload of a stored value, or IndexCorrupt if key or value changed since."""
+    payload = value[:-_CRC.size]
+    if len(value) < _CRC.size or _CRC.unpack(value[-_CRC.size:])[0] != zlib.crc32(
+            payload, zlib.crc32(key)):
+        raise IndexCorrupt(f"a damaged {what} row (its checksum does not match)")
+    return payload
+
+
+class _Gate:
+    """Many users of the environment at once, or one `reset` alone: a reset waits for the
+    calls in progress and holds new ones until the fresh environment is open."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._users = 0
+        self._closing = False
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._closing)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._closing)
+            self._closing = True
+            self._cond.wait_for(lambda: self._users == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._closing = False
+                self._cond.notify_all()
+
+
+def _guarded(method: Callable[P, R]) -> Callable[P, R]:
+    """A public call on the environment: waits out a reset, and turns any LMDB error (a
+    damaged file, a full map) into IndexCorrupt, which callers answer with a rebuild."""
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        index = args[0]
+        assert isinstance(index, Index)
+        with index._gate.use():
+            try:
+                return method(*args, **kwargs)
+            except lmdb.Error as exc:
+                raise IndexCorrupt(f"LMDB failed: {type(exc).__name__}: {exc}") from None
+    return wrapper
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,7 +202,7 @@ class BackupRecord:
             doc["chain"] = tuple(doc["chain"])
             doc["codecs"] = tuple(doc["codecs"])
             return cls(**doc)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise IndexCorrupt(f"unreadable backup record in the index: {exc}") from None
 
 
@@ -137,8 +216,12 @@ class Index:
 
     def __init__(self, path: Path, env: lmdb.Environment, rebuilt: str | None) -> None:
         self.path = path
+        self.rebuilt = rebuilt  # why the index was wiped at open (or since), or None
+        self._gate = _Gate()
+        self._attach(env)
+
+    def _attach(self, env: lmdb.Environment) -> None:
         self.env = env
-        self.rebuilt = rebuilt  # why the index was wiped at open, or None
         self._meta = env.open_db(b"meta")
         self._backups = env.open_db(b"backups")
         self._volumes = env.open_db(b"volumes")
@@ -149,58 +232,75 @@ class Index:
 
     @classmethod
     def open(cls, path: str | Path) -> Index:
-        """Open the index at `path`, wiping it first when it is unreadable, of another schema
-        or left half-built; `rebuilt` then says why (the caller refreshes it from the store)."""
+        """Open the index at `path`, wiping it first when it is unreadable, damaged, of
+        another schema or left half-built; `rebuilt` then says why (the caller refreshes it
+        from the store)."""
         path = Path(path)
         reason: str | None = None
-        env: lmdb.Environment | None = None
         if path.is_dir() and not (path / "data.mdb").exists():
             reason = "it was empty"  # made ahead by the user or a tool: nothing to warn about
         elif path.exists():
             try:
-                env = cls._open_env(path)
-                with env.begin() as txn:
-                    meta = env.open_db(b"meta", txn=txn, create=False)
-                    schema = txn.get(b"schema", db=meta)
-                if schema != SCHEMA_VERSION:
-                    reason = (f"schema {schema!r} is not {SCHEMA_VERSION!r}" if schema
-                              else "it has no schema mark")
-            except lmdb.NotFoundError:
-                reason = "it has no schema mark"
+                index = cls._existing(path)
             except lmdb.Error as exc:
                 reason = f"LMDB cannot open it ({exc})"
-            if reason is not None:
-                if env is not None:
-                    env.close()
-                    env = None
-                log.warning("index %s is not usable: %s; rebuilding it", path, reason)
-                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    reason = index._schema_problem() or index._purge_unfinished()
+                except IndexCorrupt as exc:
+                    reason = f"it is damaged ({exc})"
+                if reason is None:
+                    return index
+                index.env.close()
+            log.warning("index %s is not usable: %s; rebuilding it", path, reason)
+            shutil.rmtree(path, ignore_errors=True)
         else:
             reason = "it did not exist"
-        if env is None:
-            path.mkdir(parents=True, exist_ok=True)
-            env = cls._open_env(path)
-            with env.begin(write=True) as txn:
-                txn.put(b"schema", SCHEMA_VERSION, db=env.open_db(b"meta", txn=txn))
-        index = cls(path, env, reason)
-        index._purge_unfinished()
-        return index
+        return cls(path, cls._create_env(path), reason)
+
+    @classmethod
+    def _existing(cls, path: Path) -> Index:
+        env = cls._open_env(path)
+        try:
+            return cls(path, env, None)
+        except BaseException:
+            env.close()
+            raise
 
     @staticmethod
     def _open_env(path: Path) -> lmdb.Environment:
         return lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=8, subdir=True,
                          readahead=False, max_readers=256)
 
+    @classmethod
+    def _create_env(cls, path: Path) -> lmdb.Environment:
+        path.mkdir(parents=True, exist_ok=True)
+        env = cls._open_env(path)
+        with env.begin(write=True) as txn:
+            txn.put(b"schema", SCHEMA_VERSION, db=env.open_db(b"meta", txn=txn))
+        return env
+
+    @_guarded
+    def _schema_problem(self) -> str | None:
+        with self.env.begin() as txn:
+            schema = txn.get(b"schema", db=self._meta)
+        if schema == SCHEMA_VERSION:
+            return None
+        return f"schema {schema!r} is not {SCHEMA_VERSION!r}" if schema else \
+            "it has no schema mark"
+
     def close(self) -> None:
         self.env.close()
 
-    def clear(self) -> None:
-        """Empty every database in one transaction (a rebuild while the environment stays
-        open for other threads; readers keep their snapshot until they end)."""
-        with self.env.begin(write=True) as txn:
-            for db in (self._backups, self._volumes, self._objects, self._extents, self._meta):
-                txn.drop(db, delete=False)
-            txn.put(b"schema", SCHEMA_VERSION, db=self._meta)
+    def reset(self, reason: str) -> None:
+        """Wipe the index and start an empty one in its place, while other threads may be
+        about to use it (they wait, then see the new one): the answer to any damage."""
+        with self._gate.alone():
+            log.warning("index %s: %s; rebuilding it from the store", self.path, reason)
+            self.env.close()
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._attach(self._create_env(self.path))
+            self.rebuilt = reason
 
     def _purge_unfinished(self) -> None:
         for record in self.list_backups(include_unfinished=True):
@@ -210,11 +310,21 @@ class Index:
 
     # -- catalog reads ---------------------------------------------------------------------
 
+    @_guarded
     def get_backup(self, backup_id: str) -> BackupRecord | None:
         with self.env.begin() as txn:
-            raw = txn.get(backup_id.encode(), db=self._backups)
-        return None if raw is None else BackupRecord.from_json(raw)
+            return self._record(txn, backup_id.encode())
 
+    def _record(self, txn: lmdb.Transaction, key: bytes) -> BackupRecord | None:
+        raw = txn.get(key, db=self._backups)
+        if raw is None:
+            return None
+        record = BackupRecord.from_json(_unseal(key, raw, "backup"))
+        if record.backup_id.encode() != key:
+            raise IndexCorrupt(f"the record stored as {key!r} is of {record.backup_id}")
+        return record
+
+    @_guarded
     def list_backups(self, volume_id: str | None = None,
                      include_unfinished: bool = False) -> list[BackupRecord]:
         """Backups (of one volume, or all) in volume, timestamp, id order."""
@@ -227,10 +337,12 @@ class Index:
                 key = bytes(cursor.key())
                 if not key.startswith(prefix):
                     break
-                backup_id = key.rsplit(b"\0", 1)[-1]
-                raw = txn.get(backup_id, db=self._backups)
-                if raw is not None:
-                    record = BackupRecord.from_json(raw)
+                _unseal(key, bytes(cursor.value()), "volume")
+                record = self._record(txn, key.rsplit(b"\0", 1)[-1])
+                if record is not None:
+                    if _volume_key(record) != key:
+                        raise IndexCorrupt(f"volume row {key!r} and the record of "
+                                           f"{record.backup_id} disagree")
                     if include_unfinished or record.status != STATUS_BUILDING:
                         out.append(record)
                 ok = cursor.next()
@@ -239,6 +351,7 @@ class Index:
     def list_volumes(self) -> list[str]:
         return sorted({r.volume_id for r in self.list_backups()})
 
+    @_guarded
     def stats(self) -> dict[str, int]:
         with self.env.begin() as txn:
             return {
@@ -249,16 +362,16 @@ class Index:
 
     # -- extent lookups --------------------------------------------------------------------
 
+    @_guarded
     def lookup(self, backup_id: str, offset: int, size: int,
                more: int = 0) -> tuple[BackupRecord, list[Span]]:
         """The spans (unclipped) that cover [offset, offset + size) of the backup's volume,
         plus up to `more` following ones (for the caller's cache). One read transaction:
         a B-tree seek and a cursor walk, never a scan of the whole map."""
         with self.env.begin() as txn:
-            raw = txn.get(backup_id.encode(), db=self._backups)
-            if raw is None:
+            record = self._record(txn, backup_id.encode())
+            if record is None:
                 raise BackupNotFound(f"backup {backup_id} is not in the index")
-            record = BackupRecord.from_json(raw)
             if record.status != STATUS_OK:
                 raise BackupNotFound(f"backup {backup_id} cannot be read: "
                                      f"{record.error or record.status}")
@@ -266,101 +379,167 @@ class Index:
             spans: list[Span] = []
             if offset >= record.size or size <= 0:
                 return record, spans
-            seq = _SEQ.pack(record.seq)
-            start_key = _EXT_KEY.pack(record.seq, offset)
-            cursor = txn.cursor(db=self._extents)
-            ok = cursor.set_range(start_key)
-            if not ok or bytes(cursor.key()) != start_key:
-                # the span covering `offset` starts before it: step back one
-                ok = cursor.prev() if ok else cursor.last()
-            objects: dict[tuple[int, int], ObjectEntry] = {}
             extra = 0
-            while ok and bytes(cursor.key()[:4]) == seq:
-                span = self._span(txn, cursor.key(), cursor.value(), objects)
-                if not spans:
-                    if not span.offset <= offset < span.end:
-                        raise IndexCorrupt(f"backup {backup_id}: no extent covers {offset}")
-                elif span.offset != spans[-1].end:
-                    raise IndexCorrupt(f"backup {backup_id}: gap at {spans[-1].end}")
+            for span in self._walk(txn, record, offset):
                 if span.offset >= end:
                     extra += 1
                     if extra > more:
                         break
                 spans.append(span)
-                ok = cursor.next()
             if not spans or spans[-1].end < end:
                 raise IndexCorrupt(f"backup {backup_id}: extents end before {end}")
         return record, spans
 
-    def _span(self, txn: lmdb.Transaction, key: bytes, value: bytes,
+    def _walk(self, txn: lmdb.Transaction, record: BackupRecord,
+              offset: int) -> Iterator[Span]:
+        """The backup's spans from the one covering `offset` on, each checked: its row's
+        checksum, the tiling (no gap, nothing past the volume's end) and, for data, that it
+        lies inside its object where the object says it is."""
+        seq = _SEQ.pack(record.seq)
+        start_key = _EXT_KEY.pack(record.seq, offset)
+        cursor = txn.cursor(db=self._extents)
+        ok = cursor.set_range(start_key)
+        if not ok or bytes(cursor.key()) != start_key:
+            # the span covering `offset` starts before it: step back one
+            ok = cursor.prev() if ok else cursor.last()
+        objects: dict[tuple[int, int], ObjectEntry] = {}
+        previous: Span | None = None
+        backup_id = record.backup_id
+        while ok and bytes(cursor.key()[:4]) == seq:
+            span = self._span(txn, record, bytes(cursor.key()), bytes(cursor.value()), objects)
+            if previous is None:
+                if not span.offset <= offset < span.end:
+                    raise IndexCorrupt(f"backup {backup_id}: no extent covers {offset}")
+            elif span.offset != previous.end:
+                raise IndexCorrupt(f"backup {backup_id}: gap at {previous.end}")
+            yield span
+            previous = span
+            ok = cursor.next()
+
+    def _span(self, txn: lmdb.Transaction, record: BackupRecord, key: bytes, value: bytes,
               objects: dict[tuple[int, int], ObjectEntry]) -> Span:
         try:
             _seq, offset = _EXT_KEY.unpack(key)
-            length, kind, owner, n, object_offset = _EXT_VAL.unpack(value)
+            length, kind, owner, n, object_offset = _EXT_VAL.unpack(
+                _unseal(key, value, "extent"))
         except struct.error as exc:
             raise IndexCorrupt(f"unreadable extent row: {exc}") from None
+        where = f"backup {record.backup_id}: extent at {offset}"
+        if length <= 0 or offset + length > record.size:
+            raise IndexCorrupt(f"{where} has length {length} in a volume of {record.size}")
         obj = None
         if kind == KIND_DATA:
             obj = objects.get((owner, n))
             if obj is None:
-                raw = txn.get(_OBJ_KEY.pack(owner, n), db=self._objects)
+                if owner > record.seq:
+                    raise IndexCorrupt(f"{where} names an object of a later backup")
+                obj_key = _OBJ_KEY.pack(owner, n)
+                raw = txn.get(obj_key, db=self._objects)
                 if raw is None:
-                    raise IndexCorrupt(f"extent at {offset} names a missing object row")
-                obj = _decode_object(raw)
+                    raise IndexCorrupt(f"{where} names a missing object row")
+                obj = _decode_object(_unseal(obj_key, raw, "object"))
                 objects[(owner, n)] = obj
+            if object_offset + length > obj.length or obj.offset + object_offset != offset:
+                raise IndexCorrupt(f"{where} does not lie in its object {obj.name} "
+                                   f"({object_offset}+{length} of {obj.length} bytes at "
+                                   f"{obj.offset})")
         elif kind not in (KIND_HOLE, KIND_ZERO):
-            raise IndexCorrupt(f"extent at {offset} has unknown kind {kind}")
+            raise IndexCorrupt(f"{where} has unknown kind {kind}")
         return Span(offset, length, kind, obj, object_offset)
+
+    @_guarded
+    def check(self) -> list[str]:
+        """Read every row and every readable backup's whole map; the problems found (empty
+        when the index is sound). For `bakfs index refresh`: cost proportional to the index
+        (a few seconds per million extents), memory to one backup's objects."""
+        problems: list[str] = []
+        with self.env.begin() as txn:
+            for db, what in ((self._meta, "meta"), (self._objects, "object"),
+                             (self._extents, "extent"), (self._volumes, "volume")):
+                for key, value in txn.cursor(db=db):
+                    if db is self._meta and bytes(key) == b"schema":
+                        continue
+                    try:
+                        _unseal(bytes(key), bytes(value), what)
+                    except IndexCorrupt as exc:
+                        problems.append(f"{exc} at key {bytes(key)!r}")
+            records = []
+            for key, _value in txn.cursor(db=self._backups):
+                try:
+                    record = self._record(txn, bytes(key))
+                except IndexCorrupt as exc:
+                    problems.append(str(exc))
+                    continue
+                if record is not None and record.status == STATUS_OK:
+                    records.append(record)
+            for record in records:
+                try:
+                    end = 0
+                    for span in self._walk(txn, record, 0):
+                        end = span.end
+                    if end != record.size:
+                        raise IndexCorrupt(f"backup {record.backup_id}: extents end at {end}, "
+                                           f"not {record.size}")
+                except IndexCorrupt as exc:
+                    problems.append(str(exc))
+        return problems
 
     # -- writes ----------------------------------------------------------------------------
 
+    @_guarded
     def begin_backup(self, record: BackupRecord) -> int:
         """Register a backup as being built; returns its seq. Replaces any earlier record of
         the same id (drop it first to free its rows)."""
         with self.env.begin(write=True) as txn:
             raw = txn.get(b"next_seq", db=self._meta)
-            seq = _SEQ.unpack(raw)[0] if raw else 1
-            txn.put(b"next_seq", _SEQ.pack(seq + 1), db=self._meta)
+            seq = _SEQ.unpack(_unseal(b"next_seq", raw, "meta"))[0] if raw else 1
+            txn.put(b"next_seq", _seal(b"next_seq", _SEQ.pack(seq + 1)), db=self._meta)
             record = dataclasses.replace(record, seq=seq, status=STATUS_BUILDING)
-            txn.put(record.backup_id.encode(), record.to_json(), db=self._backups)
-            txn.put(_volume_key(record), b"", db=self._volumes)
+            self._put_record(txn, record)
         return seq
 
+    def _put_record(self, txn: lmdb.Transaction, record: BackupRecord) -> None:
+        key = record.backup_id.encode()
+        txn.put(key, _seal(key, record.to_json()), db=self._backups)
+        volume_key = _volume_key(record)
+        txn.put(volume_key, _seal(volume_key, b""), db=self._volumes)
+
+    @_guarded
     def add_objects(self, seq: int, first_n: int, objects: Sequence[ObjectEntry]) -> None:
         with self.env.begin(write=True) as txn:
             for i, obj in enumerate(objects):
-                txn.put(_OBJ_KEY.pack(seq, first_n + i), _encode_object(obj),
-                        db=self._objects, append=False)
+                key = _OBJ_KEY.pack(seq, first_n + i)
+                txn.put(key, _seal(key, _encode_object(obj)), db=self._objects)
 
+    @_guarded
     def add_extents(self, seq: int, rows: Iterable[tuple[int, int, int, int, int, int]]) -> None:
         """Rows of (offset, length, kind, owner seq, owner n, offset in object)."""
         with self.env.begin(write=True) as txn:
             for offset, length, kind, owner, n, object_offset in rows:
-                txn.put(_EXT_KEY.pack(seq, offset),
-                        _EXT_VAL.pack(length, kind, owner, n, object_offset), db=self._extents)
+                key = _EXT_KEY.pack(seq, offset)
+                txn.put(key, _seal(key, _EXT_VAL.pack(length, kind, owner, n, object_offset)),
+                        db=self._extents)
 
+    @_guarded
     def finish_backup(self, record: BackupRecord) -> None:
         """Publish a built backup (status ok) or record it as broken, in one transaction."""
         with self.env.begin(write=True) as txn:
-            txn.put(record.backup_id.encode(), record.to_json(), db=self._backups)
-            txn.put(_volume_key(record), b"", db=self._volumes)
+            self._put_record(txn, record)
 
+    @_guarded
     def put_broken(self, record: BackupRecord) -> None:
         """Catalog a backup that cannot be read (its chain is broken), with the reason."""
         with self.env.begin(write=True) as txn:
-            txn.put(record.backup_id.encode(),
-                    dataclasses.replace(record, status=STATUS_BROKEN, seq=0).to_json(),
-                    db=self._backups)
-            txn.put(_volume_key(record), b"", db=self._volumes)
+            self._put_record(txn, dataclasses.replace(record, status=STATUS_BROKEN, seq=0))
 
+    @_guarded
     def drop_backup(self, backup_id: str) -> bool:
         """Remove a backup and its rows, in bounded batches; the record goes first so no
         reader sees a half-deleted map. False if it was not there."""
         with self.env.begin(write=True) as txn:
-            raw = txn.get(backup_id.encode(), db=self._backups)
-            if raw is None:
+            record = self._record(txn, backup_id.encode())
+            if record is None:
                 return False
-            record = BackupRecord.from_json(raw)
             txn.delete(backup_id.encode(), db=self._backups)
             txn.delete(_volume_key(record), db=self._volumes)
         if record.seq:

@@ -2,8 +2,11 @@
 
 Everything is read from the objects themselves (Cinder-made backups included): a backup is
 complete when its `_metadata` exists; objects under a prefix without one are the orphans of an
-interrupted backup, unless a live writer holds the volume's lease for it. Blocking code;
-documents are read and objects deleted in parallel worker threads.
+interrupted backup, unless a live writer holds the volume's lease for it (`leases`: one that
+renews it). A backup whose lease is still there but no longer renewed is an orphan too; its
+lease is taken over before its objects are deleted, so its writer, should it come back, can
+no longer commit. Blocking code; documents are read and objects deleted in parallel worker
+threads.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from bakfs.catalog.discovery import (
     load_metadata,
     scan,
 )
-from bakfs.catalog.leases import LeaseInfo, live_lease
+from bakfs.catalog.leases import LeaseInfo, drop, read_lease, take_over
 from bakfs.cinder.metadata import BackupMetadata
 from bakfs.errors import BakfsError
 from bakfs.store.base import ObjectInfo, ObjectStore
@@ -127,36 +130,71 @@ def delete(store: ObjectStore, backup_id: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Orphan:
-    """The objects of an interrupted backup."""
+    """The objects of an interrupted backup, and the lease left on its volume for it by a
+    writer that stopped renewing it (None when there is none)."""
 
     ref: BackupRef
     objects: tuple[ObjectInfo, ...]
+    lease: LeaseInfo | None = None
+    lease_etag: str | None = None
 
     @property
     def bytes(self) -> int:
         return sum(o.size for o in self.objects)
 
 
-def find_orphans(store: ObjectStore, volume_id: str | None = None) -> list[Orphan]:
-    """Incomplete backups that no live writer is still making."""
-    orphans = []
-    leases: dict[str, LeaseInfo | None] = {}
+@dataclasses.dataclass(frozen=True)
+class Incomplete:
+    """A backup without `_metadata`: an orphan, or one a live writer is still making."""
+
+    orphan: Orphan
+    writing: bool
+
+
+def incomplete(store: ObjectStore, volume_id: str | None = None) -> list[Incomplete]:
+    """Every backup without `_metadata`, each with whether a live writer holds it."""
+    found = []
+    leases: dict[str, tuple[LeaseInfo | None, str | None]] = {}
     for ref in scan(store, volume_id):
         if ref.complete:
             continue
         vid = ref.volume_id
         if vid not in leases:
-            leases[vid] = live_lease(store, vid)
-        lease = leases[vid]
-        if lease is not None and lease.backup_id == ref.backup_id:
-            log.info("skipping backup %s of volume %s: it is being written", ref.backup_id,
-                     vid)
-            continue
-        orphans.append(Orphan(ref, tuple(backup_objects(store, ref))))
-    return orphans
+            leases[vid] = read_lease(store, vid)
+        lease, etag = leases[vid]
+        if lease is None or lease.backup_id != ref.backup_id:
+            lease = etag = None
+        writing = lease is not None and lease.live()
+        if writing:
+            log.info("skipping backup %s of volume %s: it is being written (%s)",
+                     ref.backup_id, vid, lease.describe() if lease else "")
+        found.append(Incomplete(Orphan(ref, tuple(backup_objects(store, ref)), lease, etag),
+                                writing))
+    return found
+
+
+def find_orphans(store: ObjectStore, volume_id: str | None = None) -> list[Orphan]:
+    """Incomplete backups that no live writer is still making."""
+    return [i.orphan for i in incomplete(store, volume_id) if not i.writing]
 
 
 def remove_orphans(store: ObjectStore, orphans: list[Orphan]) -> int:
-    keys = [o.key for orphan in orphans for o in orphan.objects]
+    """Delete the orphans' objects; a lease still naming one is taken over first (and
+    dropped after), and an orphan whose lease changed meanwhile is left alone (its writer
+    renewed it: it is alive after all)."""
+    keys = []
+    taken: list[tuple[str, str | None]] = []
+    for orphan in orphans:
+        if orphan.lease is not None and orphan.lease_etag is not None:
+            etag = take_over(store, orphan.ref.volume_id, orphan.lease_etag,
+                             orphan.ref.backup_id)
+            if etag is None:
+                log.warning("backup %s of volume %s: its writer renewed its lease; left "
+                            "alone", orphan.ref.backup_id, orphan.ref.volume_id)
+                continue
+            taken.append((orphan.ref.volume_id, etag))
+        keys += [o.key for o in orphan.objects]
     parallel_map(store.delete, keys, THREADS)
+    for volume_id, etag in taken:
+        drop(store, volume_id, etag)
     return len(keys)

@@ -10,6 +10,14 @@ taken over with `If-Match: <etag>`, so two writers can never both believe they h
 lease that was not renewed before it expired (its writer crashed) may be taken over, so a
 crash never blocks a volume forever.
 
+A live writer renews its lease every minute and records when (`renewed`). A lease not renewed
+for STALE_AFTER seconds belongs to no live writer, even when its holder's process is still
+there (a mount whose backup failed while the store was out of its reach cannot delete the
+lease, and stopped renewing it the moment the backup failed): `gc` treats its backup as an
+orphan, taking the lease over before it deletes anything, and a new writer takes it over.
+A writer that fails releases its lease (`release`), and `held` tells whether that worked, so
+the mount can try again as soon as the store allows.
+
 Blocking code: it calls the store.
 """
 
@@ -29,6 +37,7 @@ log = logging.getLogger(__name__)
 
 LOCK_PREFIX = "bakfs-locks/"
 DEFAULT_TTL = 600.0
+STALE_AFTER = DEFAULT_TTL / 2  # five renewals missed: no live writer holds it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +45,21 @@ class LeaseInfo:
     owner: str
     backup_id: str
     expires: float
+    renewed: float | None = None  # when its holder last wrote it (None: an older bakfs)
+
+    def live(self, now: float | None = None) -> bool:
+        """Whether a writer may still be making its backup: not expired, renewed lately,
+        and not a process of this host that is gone."""
+        now = time.time() if now is None else now
+        if self.expires <= now or holder_is_dead(self.owner):
+            return False
+        return self.renewed is None or now - self.renewed < STALE_AFTER
+
+    def describe(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        renewed = (f"renewed {now - self.renewed:.0f} s ago" if self.renewed is not None
+                   else "never renewed")
+        return f"lease of {self.owner} for backup {self.backup_id}, {renewed}"
 
 
 def holder_is_dead(owner: str) -> bool:
@@ -62,11 +86,13 @@ class VolumeLease:
         self.backup_id = backup_id
         self.ttl = ttl
         self.owner = process_identity()
+        self.held = False  # acquired and not yet released
         self._etag: str | None = None
 
     def _body(self) -> bytes:
+        now = time.time()
         return json.dumps({"owner": self.owner, "backup_id": self.backup_id,
-                           "expires": time.time() + self.ttl}).encode()
+                           "expires": now + self.ttl, "renewed": now}).encode()
 
     def acquire(self) -> None:
         """Take the lease, or raise VolumeBusy naming the holder."""
@@ -75,8 +101,7 @@ class VolumeLease:
             self.store.put(key, self._body(), if_absent=True)
         except AlreadyExists:
             holder, etag = self._read()
-            if holder is not None and holder.expires > time.time() \
-                    and not holder_is_dead(holder.owner):
+            if holder is not None and holder.live():
                 raise VolumeBusy(
                     f"volume {self.volume_id} is being backed up by {holder.owner} (backup "
                     f"{holder.backup_id}); its lease expires in "
@@ -92,6 +117,7 @@ class VolumeLease:
                 raise VolumeBusy(f"volume {self.volume_id}: another writer took the expired "
                                  "lease first") from None
         self._etag = self.store.head(key).etag
+        self.held = True
 
     def renew(self) -> None:
         """Extend the lease; LeaseLost if someone took it over meanwhile."""
@@ -104,13 +130,15 @@ class VolumeLease:
         self._etag = self.store.head(key).etag
 
     def release(self) -> None:
-        """Give the lease up (only if it is still ours)."""
+        """Give the lease up (only if it is still ours). A store error leaves `held` true
+        and is raised: the caller may try again later."""
         key = lock_key(self.volume_id)
         try:
             if self.store.head(key).etag == self._etag:
                 self.store.delete(key)
         except ObjectMissing:
             pass
+        self.held = False
 
     def _read(self) -> tuple[LeaseInfo | None, str | None]:
         return read_lease(self.store, self.volume_id)
@@ -119,9 +147,31 @@ class VolumeLease:
 def live_lease(store: ObjectStore, volume_id: str) -> LeaseInfo | None:
     """The lease of a writer that may still be running, if there is one."""
     holder, _etag = read_lease(store, volume_id)
-    if holder is None or holder.expires <= time.time() or holder_is_dead(holder.owner):
+    return holder if holder is not None and holder.live() else None
+
+
+def take_over(store: ObjectStore, volume_id: str, etag: str, backup_id: str) -> str | None:
+    """Make a lease that is no live writer's ours (for `gc`, before it deletes that backup's
+    objects), as a writer would: atomically, only if it is still that version. Returns the
+    new etag, or None when it changed meanwhile (its writer renewed it: hands off)."""
+    now = time.time()
+    body = json.dumps({"owner": process_identity(), "backup_id": backup_id, "gc": True,
+                       "expires": now + DEFAULT_TTL, "renewed": now}).encode()
+    try:
+        return store.put(lock_key(volume_id), body, if_match=etag) or store.head(
+            lock_key(volume_id)).etag
+    except (AlreadyExists, ObjectMissing):
         return None
-    return holder
+
+
+def drop(store: ObjectStore, volume_id: str, etag: str | None) -> None:
+    """Delete a lease if it is still that version."""
+    key = lock_key(volume_id)
+    try:
+        if store.head(key).etag == etag:
+            store.delete(key)
+    except ObjectMissing:
+        pass
 
 
 def read_lease(store: ObjectStore, volume_id: str) -> tuple[LeaseInfo | None, str | None]:
@@ -130,9 +180,10 @@ def read_lease(store: ObjectStore, volume_id: str) -> tuple[LeaseInfo | None, st
     try:
         info = store.head(key)
         doc = json.loads(store.get(key))
-        return LeaseInfo(str(doc["owner"]), str(doc["backup_id"]),
-                         float(doc["expires"])), info.etag
+        renewed = doc.get("renewed")
+        return LeaseInfo(str(doc["owner"]), str(doc["backup_id"]), float(doc["expires"]),
+                         None if renewed is None else float(renewed)), info.etag
     except ObjectMissing:
         return None, None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None, store.head(key).etag

@@ -8,6 +8,12 @@ chain cannot be resolved (missing parent, bad metadata) is catalogued as broken 
 reason, so reading it fails with that reason instead of "not found". A backup this process
 has just committed is added without a listing (`Cataloguer.add`).
 
+One backup never takes the others down: whatever its documents hold, or whatever the store
+answers for them (refused, missing, a key we lack), that backup is quarantined as broken
+with the reason (logged when it is new or changed) and the refresh goes on. Only an
+unreachable store (nothing would be right) and a damaged index (`IndexCorrupt`: the caller
+rebuilds it) end a refresh.
+
 Async orchestration over `bakfs.threads`: store calls in s3 threads, JSON parsing and the
 overlay in cpu threads, index writes in index threads, each a short transaction. Knows
 nothing of FUSE or of the LMDB schema's byte layout (that is `bakfs.catalog.index`).
@@ -38,7 +44,7 @@ from bakfs.cinder import naming
 from bakfs.cinder.chain import overlay
 from bakfs.cinder.metadata import BackupMetadata
 from bakfs.cinder.zeros import ZERO_DIGESTS
-from bakfs.errors import BakfsError, FormatError, ObjectMissing
+from bakfs.errors import BakfsError, FormatError, IndexCorrupt, StoreRefused, StoreUnreachable
 from bakfs.store.base import ObjectStore
 from bakfs.threads import Bridge
 
@@ -98,6 +104,7 @@ class Cataloguer:
         self.store = store
         self.index = index
         self.bridge = bridge
+        self._reasons: dict[str, str | None] = {}  # why each backup was broken last time
 
     async def refresh(self) -> RefreshResult:
         started = time.monotonic()
@@ -106,12 +113,13 @@ class Cataloguer:
         by_id = {item.backup_id: item for item in listed}
         known = {r.backup_id: r
                  for r in await self.bridge.run_index(self.index.list_backups, None, True)}
+        self._reasons = {bid: r.error for bid, r in known.items() if r.status == STATUS_BROKEN}
 
         # Drop what left the store or changed, then everything that stands on those.
         stale = {bid for bid, record in known.items()
                  if bid not in by_id or record.prefix != str(by_id[bid].prefix)
                  or record.fingerprint != by_id[bid].fingerprint
-                 or record.status == STATUS_BROKEN}
+                 or record.status != STATUS_OK}
         changed = True
         while changed:
             changed = False
@@ -162,7 +170,7 @@ class Cataloguer:
             try:
                 raw = await self.bridge.run_s3(self.store.get, item.metadata_key)
                 cached = await self.bridge.run_cpu(parse_checked, raw, item)
-            except (FormatError, ObjectMissing) as exc:
+            except (FormatError, StoreRefused) as exc:  # this backup's problem only
                 cached = exc
             memo[item.backup_id] = cached
         if isinstance(cached, BakfsError):
@@ -208,14 +216,29 @@ class Cataloguer:
                 stored_bytes=item.stored_bytes,
                 codecs=tuple(sorted({o.compression for o in metadata.objects})))
             record = await self._write(record, chain, [r.seq for r in chain_records])
-        except (FormatError, ObjectMissing) as exc:
-            record = dataclasses.replace(base, status=STATUS_BROKEN, error=str(exc))
-            log.warning("index: backup %s cannot be read: %s", item.backup_id, exc)
-            await self.bridge.run_index(self.index.put_broken, record)
-            result.broken[item.backup_id] = str(exc)
+        except (IndexCorrupt, StoreUnreachable):
+            raise
+        except (FormatError, StoreRefused) as exc:
+            record = await self._quarantine(base, str(exc), result)
+        except Exception as exc:  # a case no check foresaw: still this backup's alone
+            record = await self._quarantine(
+                base, f"cannot be indexed: {type(exc).__name__}: {exc}", result)
         else:
             result.added.append(item.backup_id)
         present[item.backup_id] = record
+        return record
+
+    async def _quarantine(self, base: BackupRecord, reason: str,
+                          result: RefreshResult) -> BackupRecord:
+        """Catalogue a backup as broken with the reason (its half-written rows dropped);
+        say so in the log when the reason is new."""
+        record = dataclasses.replace(base, status=STATUS_BROKEN, error=reason)
+        level = logging.DEBUG if self._reasons.get(base.backup_id) == reason else logging.WARNING
+        log.log(level, "index: backup %s of volume %s cannot be read: %s", base.backup_id,
+                base.volume_id, reason)
+        await self.bridge.run_index(self.index.drop_backup, base.backup_id)
+        await self.bridge.run_index(self.index.put_broken, record)
+        result.broken[base.backup_id] = reason
         return record
 
     async def _write(self, record: BackupRecord, chain: list[BackupMetadata],

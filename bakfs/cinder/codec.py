@@ -62,45 +62,78 @@ def compress(data: bytes | memoryview, algorithm: str) -> tuple[bytes | memoryvi
 
 def decompress(body: bytes | memoryview, recorded: str, expected_length: int | None = None,
                key: str | None = None) -> bytes:
-    """Plain bytes of a stored object; IntegrityError naming `key` if it cannot be decoded."""
+    """Plain bytes of a stored object; IntegrityError naming `key` if it cannot be decoded.
+    Given the recorded length, no codec produces more than that plus one byte before the
+    object is refused: a bomb (a few MB stored, gigabytes once decoded) costs no more memory
+    or time than an honest object of the recorded length."""
     kind = family(recorded)
+    what = f"object {key}" if key else "data"
+    limit = -1 if expected_length is None else expected_length
     try:
         if kind == "none":
-            return bytes(body)
-        if kind == "zlib":
-            return zlib.decompress(body)
-        if kind == "bz2":
-            return bz2.decompress(body)
-        return _zstd_decompress(body, expected_length)
+            plain = bytes(body)
+        elif kind == "zlib":
+            plain = _zlib_decompress(body, limit)
+        elif kind == "bz2":
+            plain = _bz2_decompress(body, limit)
+        else:
+            plain = _zstd_decompress(body, limit)
     except (zlib.error, OSError, ValueError, EOFError, zstandard.ZstdError) as exc:
-        what = f"object {key}" if key else "data"
         raise IntegrityError(f"{what}: cannot decompress as {recorded}: {exc}", key) from None
+    if kind != "none" and limit >= 0 and len(plain) != limit:  # "none": verify says it
+        size = f"more than {limit}" if len(plain) > limit else str(len(plain))
+        raise IntegrityError(f"{what}: decompresses to {size} bytes, not the recorded "
+                             f"{limit}", key)
+    return plain
 
 
-def _zstd_decompress(body: bytes | memoryview, expected_length: int | None) -> bytes:
-    """Decode every frame, not just the first (zstandard's one-shot decompress stops there).
-    A single frame that records the expected content size (what Cinder and bakfs write) takes
-    the one-shot path, about four times faster than the streaming decoder."""
+def _zlib_decompress(body: bytes | memoryview, limit: int) -> bytes:
+    """At most limit + 1 bytes (all of them for a negative limit); trailing bytes after the
+    stream are ignored, as zlib.decompress does."""
+    dobj = zlib.decompressobj()
+    plain = dobj.decompress(body, limit + 1 if limit >= 0 else 0)
+    if len(plain) <= limit or limit < 0:
+        plain += dobj.flush()
+        if not dobj.eof:
+            raise ValueError("incomplete or truncated stream")
+    return plain
+
+
+def _bz2_decompress(body: bytes | memoryview, limit: int) -> bytes:
+    """Every stream (bz2.decompress reads concatenated ones too), at most limit + 1 bytes."""
+    out = bytearray()
+    data = bytes(body)
+    while data:
+        dobj = bz2.BZ2Decompressor()
+        out += dobj.decompress(data, limit + 1 - len(out) if limit >= 0 else -1)
+        if limit >= 0 and len(out) > limit:
+            break
+        if not dobj.eof:
+            raise ValueError("compressed data ended before the end-of-stream marker")
+        data = dobj.unused_data
+    return bytes(out)
+
+
+def _zstd_decompress(body: bytes | memoryview, limit: int) -> bytes:
+    """Decode every frame, not just the first (zstandard's one-shot decompress stops there),
+    at most limit + 1 bytes. A single frame that records exactly the expected content size
+    (what Cinder and bakfs write) takes the one-shot path, about four times faster than the
+    streaming decoder. A truncated frame yields fewer bytes, which the length check refuses."""
     dctx = zstandard.ZstdDecompressor()
-    if expected_length is not None:
+    if limit >= 0:
         try:
-            if zstandard.get_frame_parameters(body).content_size == expected_length:
-                plain = dctx.decompress(body, max_output_size=expected_length)
-                if len(plain) == expected_length:
+            if zstandard.get_frame_parameters(body).content_size == limit:
+                plain = dctx.decompress(body, max_output_size=limit)
+                if len(plain) == limit:
                     return plain
         except zstandard.ZstdError:
             pass  # not such a frame: the general decoder below says what is wrong
     out = bytearray()
-    view = memoryview(body)
-    while view:
-        dobj = dctx.decompressobj()
-        out += dobj.decompress(view)
-        if not dobj.eof:
-            raise ValueError("truncated zstd frame")
-        used = len(view) - len(dobj.unused_data)
-        view = view[used:]
-        if expected_length is not None and len(out) > expected_length:
-            break
+    with dctx.stream_reader(body, read_across_frames=True) as reader:
+        while chunk := reader.read(1 << 20 if limit < 0 else min(1 << 20, limit + 1 - len(out))):
+            out += chunk
+            if 0 <= limit < len(out):
+                break
     return bytes(out)
 
 

@@ -2,7 +2,13 @@
 
 Written byte for byte as Cinder writes them (`json.dumps(sort_keys=True, indent=2)`, UTF-8,
 no trailing newline); read tolerantly (a missing `extra_metadata`, a null or string
-`volume_meta`, pre-incremental documents without `parent_id`). Pure code, no I/O.
+`volume_meta`, pre-incremental documents without `parent_id`) but never trustingly: a document
+comes from a bucket others write to, so every value bakfs uses is checked before anything
+relies on it. Numbers are bounded (`Limits`: offsets and lengths within the largest volume
+bakfs accepts, object lengths within the largest object), md5s are 32 hex digits, names are
+valid object keys and every text encodes as UTF-8. Whatever fails is a `BadMetadata` naming
+the document and the value, so the backup is quarantined and nothing else is disturbed.
+Pure code, no I/O.
 """
 
 from __future__ import annotations
@@ -10,16 +16,22 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from bakfs.cinder import codec
 from bakfs.cinder.extents import Digests
+from bakfs.cinder.limits import Limits, current_limits
 from bakfs.errors import BadMetadata, UnsupportedCompression
 
 FORMAT_VERSION = "1.0.0"
 _ABSENT = object()
+
+MAX_KEY_BYTES = 1024  # S3's limit on an object key
+MAX_TEXT = 64 * 1024  # characters of a name, description or date kept from a document
+_MD5_RE = re.compile(r"[0-9a-fA-F]{32}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -153,12 +165,20 @@ def _load(raw: bytes, what: str) -> dict[str, Any]:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadMetadata(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadMetadata(f"{what} is nested too deeply to be a Cinder document") from None
     if not isinstance(doc, dict):
         raise BadMetadata(f"{what} is not a JSON object")
     version = doc.get("version")
     if version != FORMAT_VERSION:
-        raise BadMetadata(f"{what} has version {version!r}; only {FORMAT_VERSION} exists")
+        raise BadMetadata(f"{what} has version {_shown(version)}; only {FORMAT_VERSION} exists")
     return doc
+
+
+def _shown(value: object) -> str:
+    """A value for a message: short, and printable whatever it holds."""
+    text = ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _field(doc: dict[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
@@ -170,44 +190,99 @@ def _field(doc: dict[str, Any], key: str, types: type | tuple[type, ...], what: 
     return value
 
 
-def parse_metadata(raw: bytes, what: str = "_metadata") -> BackupMetadata:
-    """Parse and check a `_metadata` document; BadMetadata says what is wrong."""
+def _text(value: object, key: str, what: str, *, optional: bool = False) -> str | None:
+    """A string of the document that bakfs keeps: it must encode as UTF-8 (JSON allows a
+    lone surrogate such as \\udc80, which no file name, xattr or log line can carry)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise BadMetadata(f"{what}: {key!r} has the wrong type ({type(value).__name__})")
+    if len(value) > MAX_TEXT:
+        raise BadMetadata(f"{what}: {key!r} is {len(value)} characters long")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadMetadata(f"{what}: {key!r} is not valid Unicode ({_shown(value)})") from None
+    return value
+
+
+def check_key(name: object, what: str) -> str:
+    """An object name as a store can hold it: UTF-8 text of at most 1024 bytes, no control
+    characters, no empty, `.` or `..` path segments and none starting with a dot."""
+    if not isinstance(name, str) or not name:
+        raise BadMetadata(f"{what}: object name {_shown(name)} is not a valid object key")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadMetadata(f"{what}: object name {_shown(name)} is not valid Unicode") from None
+    if size > MAX_KEY_BYTES or any(ord(c) < 32 or ord(c) == 127 for c in name) or any(
+            part in ("", ".", "..") or part.startswith(".") for part in name.split("/")):
+        raise BadMetadata(f"{what}: object name {_shown(name)} is not a valid object key")
+    return name
+
+
+def _entry(item: object, i: int, what: str, limits: Limits) -> ObjectEntry:
+    """One item of `objects`, every value checked and bounded."""
+    if not isinstance(item, dict) or len(item) != 1:
+        raise BadMetadata(f"{what}: objects[{i}] is not a one-key object")
+    ((name, info),) = item.items()
+    name = check_key(name, what)
+    where = f"{what}: object {name}"
+    if not isinstance(info, dict):
+        raise BadMetadata(f"{where} has no description")
+    offset = _field(info, "offset", int, where)
+    length = _field(info, "length", int, where)
+    compression = _field(info, "compression", str, where)
+    md5 = _field(info, "md5", str, where)
+    if offset < 0 or length < 0:
+        raise BadMetadata(f"{where} has a negative offset or length")
+    if length > limits.max_object_length:
+        raise BadMetadata(f"{where} claims {length} bytes, more than the largest object "
+                          f"bakfs accepts ({limits.max_object_length}; see s3.object_size)")
+    if offset + length > limits.max_volume_size:
+        raise BadMetadata(f"{where} ends at byte {offset + length}, past the largest volume "
+                          f"bakfs accepts ({limits.max_volume_size}; index.max_volume_size)")
+    if not _MD5_RE.fullmatch(md5):
+        raise BadMetadata(f"{where}: md5 {_shown(md5)} is not 32 hexadecimal digits")
+    try:
+        codec.family(compression[:16])
+    except UnsupportedCompression as exc:
+        raise BadMetadata(f"{where}: {exc}") from None
+    if len(compression) > 16:
+        raise BadMetadata(f"{where}: unknown compression {_shown(compression)}")
+    return ObjectEntry(name=name, offset=offset, length=length, compression=compression,
+                       md5=md5.lower())
+
+
+def parse_metadata(raw: bytes, what: str = "_metadata",
+                   limits: Limits | None = None) -> BackupMetadata:
+    """Parse and check a `_metadata` document; BadMetadata says what is wrong. `limits`
+    default to the configured ones (`bakfs.cinder.limits.configure`)."""
+    limits = limits or current_limits()
     doc = _load(raw, what)
-    objects = []
-    for i, item in enumerate(_field(doc, "objects", list, what)):
-        if not isinstance(item, dict) or len(item) != 1:
-            raise BadMetadata(f"{what}: objects[{i}] is not a one-key object")
-        ((name, info),) = item.items()
-        where = f"{what}: object {name}"
-        if not isinstance(info, dict):
-            raise BadMetadata(f"{where} has no description")
-        entry = ObjectEntry(
-            name=name,
-            offset=_field(info, "offset", int, where),
-            length=_field(info, "length", int, where),
-            compression=_field(info, "compression", str, where),
-            md5=_field(info, "md5", str, where).lower(),
-        )
-        if entry.offset < 0 or entry.length < 0:
-            raise BadMetadata(f"{where} has a negative offset or length")
-        try:
-            codec.family(entry.compression)
-        except UnsupportedCompression as exc:
-            raise BadMetadata(f"{where}: {exc}") from None
-        objects.append(entry)
+    objects = [_entry(item, i, what, limits)
+               for i, item in enumerate(_field(doc, "objects", list, what))]
     _check_no_overlap(objects, what)
+    if len({o.name for o in objects}) != len(objects):
+        raise BadMetadata(f"{what} lists an object name twice")
     volume_meta = doc.get("volume_meta")
     if volume_meta is not None and not isinstance(volume_meta, str):
-        volume_meta = json.dumps(volume_meta)
+        try:
+            volume_meta = json.dumps(volume_meta)
+        except (TypeError, ValueError, RecursionError):
+            raise BadMetadata(f"{what}: 'volume_meta' cannot be kept") from None
+    created_at = doc.get("created_at", "")
     return BackupMetadata(
-        backup_id=_field(doc, "backup_id", str, what),
-        volume_id=_field(doc, "volume_id", str, what),
-        created_at=str(doc.get("created_at", "")),
-        parent_id=doc.get("parent_id"),
+        backup_id=_text(_field(doc, "backup_id", str, what), "backup_id", what),  # type: ignore[arg-type]
+        volume_id=_text(_field(doc, "volume_id", str, what), "volume_id", what),  # type: ignore[arg-type]
+        created_at=_text(created_at if isinstance(created_at, str) else str(created_at),
+                         "created_at", what),  # type: ignore[arg-type]
+        parent_id=_text(doc.get("parent_id"), "parent_id", what, optional=True),
         objects=tuple(objects),
-        backup_name=doc.get("backup_name"),
-        backup_description=doc.get("backup_description"),
-        volume_meta=volume_meta,
+        backup_name=_text(doc.get("backup_name"), "backup_name", what, optional=True),
+        backup_description=_text(doc.get("backup_description"), "backup_description", what,
+                                 optional=True),
+        volume_meta=_text(volume_meta, "volume_meta", what, optional=True),
         version=doc["version"],
         extra_metadata=doc.get("extra_metadata", _ABSENT),
     )
@@ -231,7 +306,7 @@ def parse_sha256file(raw: bytes, what: str = "_sha256file") -> Sha256File:
     if not all(isinstance(h, str) and len(h) == 64 for h in hashes):
         raise BadMetadata(f"{what}: sha256s holds something that is not a SHA-256 hex digest")
     try:
-        Digests.from_hex(hashes[:1])
+        sha256s = Digests.from_hex(hashes)  # any digest, not only the first, may be bad
     except ValueError:
         raise BadMetadata(f"{what}: sha256s holds something that is not hexadecimal") from None
     return Sha256File(
@@ -239,7 +314,7 @@ def parse_sha256file(raw: bytes, what: str = "_sha256file") -> Sha256File:
         volume_id=_field(doc, "volume_id", str, what),
         created_at=str(doc.get("created_at", "")),
         chunk_size=chunk_size,
-        sha256s=Digests.from_hex(hashes),
+        sha256s=sha256s,
         backup_name=doc.get("backup_name"),
         backup_description=doc.get("backup_description"),
         version=doc["version"],

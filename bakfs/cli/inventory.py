@@ -12,7 +12,7 @@ import trio
 from bakfs.catalog.discovery import find_backup, load_chain
 from bakfs.catalog.front import Catalog
 from bakfs.catalog.inventory import delete as remove_backup
-from bakfs.catalog.inventory import find_orphans, remove_orphans, survey
+from bakfs.catalog.inventory import incomplete, remove_orphans, survey
 from bakfs.catalog.sync import RefreshResult, open_index
 from bakfs.cinder import record as cinder_record
 from bakfs.cli.progress import human_bytes
@@ -124,20 +124,31 @@ def delete_backup(config: Config, backup_id: str) -> int:
 def collect_garbage(config: Config, volume_id: str | None, delete: bool, as_json: bool) -> int:
     store = open_store(config)
     try:
-        orphans = find_orphans(store, volume_id)
+        found = incomplete(store, volume_id)
+        orphans = [i.orphan for i in found if not i.writing]
         removed = remove_orphans(store, orphans) if delete else 0
     finally:
         store.close()
+    writing = [i.orphan for i in found if i.writing]
     if as_json:
         print(json.dumps({"deleted": delete, "orphans": [
             {"backup_id": o.ref.backup_id, "volume_id": o.ref.volume_id,
-             "objects": [i.key for i in o.objects], "bytes": o.bytes} for o in orphans]},
-            indent=2))
+             "objects": [i.key for i in o.objects], "bytes": o.bytes,
+             "stale_lease": o.lease.describe() if o.lease else None} for o in orphans],
+            "being_written": [
+                {"backup_id": o.ref.backup_id, "volume_id": o.ref.volume_id,
+                 "objects": len(o.objects), "lease": o.lease.describe() if o.lease else None}
+                for o in writing]}, indent=2))
         return 0
+    for orphan in writing:
+        print(f"being written: backup {orphan.ref.backup_id} of volume "
+              f"{orphan.ref.volume_id}: {len(orphan.objects)} objects so far "
+              f"({orphan.lease.describe() if orphan.lease else 'leased'}); left alone")
     for orphan in orphans:
+        stale = f" (its {orphan.lease.describe()})" if orphan.lease else ""
         print(f"{'removed' if delete else 'orphan'}: backup {orphan.ref.backup_id} of volume "
               f"{orphan.ref.volume_id}: {len(orphan.objects)} objects, "
-              f"{human_bytes(orphan.bytes)}")
+              f"{human_bytes(orphan.bytes)}{stale}")
     total = sum(o.bytes for o in orphans)
     if delete:
         print(f"removed {removed} objects ({human_bytes(total)})")
@@ -158,7 +169,7 @@ def index_command(config: Config, action: str, as_json: bool) -> int:
         try:
             index = await open_index(config.index.path, bridge, wipe=action == "rebuild")
             try:
-                return await Catalog(store, index, bridge).refresh()
+                return await Catalog(store, index, bridge).refresh(check=True)
             finally:
                 await bridge.run_index(index.close)
         finally:

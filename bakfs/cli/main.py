@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from bakfs import __version__, allocator
 from bakfs import config as config_module
 from bakfs import log as log_module
+from bakfs.cinder import limits
 from bakfs.cli import fstab
 from bakfs.errors import BakfsError
 
@@ -211,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     index = commands.add_parser(
         "index", help="refresh or rebuild the local chunk index (LMDB)",
-        description="The index is a cache of the store: `refresh` adds new backups and drops "
-                    "deleted ones; `rebuild` recreates it from nothing.")
+        description="The index is a cache of the store: `refresh` checks every row of it "
+                    "(rebuilding it from the store if any is damaged), adds new backups and "
+                    "drops deleted ones; `rebuild` recreates it from nothing.")
     index.add_argument("index_action", choices=["refresh", "rebuild"], metavar="ACTION",
                        help="refresh or rebuild")
     index.add_argument("--json", action="store_true", help="machine-readable output")
@@ -317,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_module.load(args.config)
         log_module.setup(level, config, args.debug_module)
+        limits.configure(limits.Limits.from_config(config))  # bounds of every document
         for warning in config.warnings:
             log.warning("%s", warning)
         # lazy: only the command's own module is imported, so `bakfs umount` loads neither
@@ -324,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = importlib.import_module(f"bakfs.cli.{COMMANDS[args.command]}")
         return int(command.run(args, config))
     except BakfsError as exc:
-        print(f"bakfs: error: {exc}", file=sys.stderr)
+        print(f"bakfs: error: {log_module.redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("bakfs: interrupted", file=sys.stderr)

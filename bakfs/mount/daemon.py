@@ -24,6 +24,7 @@ from bakfs.config import Config
 from bakfs.errors import BakfsError
 from bakfs.mount.fuse_ops import Operations
 from bakfs.mount.namespace import Tree
+from bakfs.mount.permissions import Permissions
 from bakfs.mount.service import MountService
 from bakfs.read.engine import open_engine
 from bakfs.store.opening import OpeningStore
@@ -34,12 +35,12 @@ log = logging.getLogger(__name__)
 
 
 def serve(config: Config, store: OpeningStore, mountpoint: Path, fuse_options: list[str],
-          notify: Callable[[str], None]) -> None:
+          notify: Callable[[str], None], permissions: Permissions) -> None:
     """Serve the mount until it is unmounted (or SIGTERM/SIGINT). The store is opening in a
     thread already: with an index that knows the backups, the mount is up before the store
     is (a new index waits for it)."""
     try:
-        trio.run(_serve_store, config, store, mountpoint, fuse_options, notify)
+        trio.run(_serve_store, config, store, mountpoint, fuse_options, notify, permissions)
     except BakfsError as exc:
         notify(f"error: {exc}")
         raise
@@ -51,7 +52,8 @@ def serve(config: Config, store: OpeningStore, mountpoint: Path, fuse_options: l
 
 
 async def _serve_store(config: Config, store: OpeningStore, mountpoint: Path,
-                       fuse_options: list[str], notify: Callable[[str], None]) -> None:
+                       fuse_options: list[str], notify: Callable[[str], None],
+                       permissions: Permissions) -> None:
     async with open_engine(config, store) as engine:
         tree = Tree(time.time())
         service = MountService(config, engine, tree)
@@ -60,10 +62,11 @@ async def _serve_store(config: Config, store: OpeningStore, mountpoint: Path,
         index_listed = engine.catalog.last_refresh != float("-inf")
         await service.refresh(list_store=False)
         service.mountpoint = mountpoint
-        operations = Operations(service)
+        operations = Operations(service, permissions)
         options = set(pyfuse3.default_options)
         options.add("fsname=bakfs")
         options.add("subtype=bakfs")
+        options.add("default_permissions")  # the kernel enforces `permissions`
         options.update(fuse_options)
         pyfuse3.init(operations, str(mountpoint), options)
         log.info("mounted %s on %s", service.store.description, mountpoint)

@@ -18,9 +18,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from bakfs.cinder import naming
 from bakfs.errors import BakfsError, FormatError, OutOfOrderWrite, VolumeBusy
-from bakfs.mount.namespace import REFRESH_XATTR, ROOT_INODE, Node
+from bakfs.mount.namespace import REFRESH_XATTR, ROOT_INODE, Node, incoming_target
+from bakfs.mount.permissions import Permissions
 from bakfs.mount.service import MountService
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,11 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, service: MountService) -> None:
+    def __init__(self, service: MountService, permissions: Permissions | None = None) -> None:
         super().__init__()
         self.service = service
         self.tree = service.tree
-        self._uid = os.getuid()
-        self._gid = os.getgid()
+        self.permissions = permissions or Permissions(os.getuid(), os.getgid())
 
     def _node(self, inode: int) -> Node:
         node = self.tree.node(inode)
@@ -78,34 +77,35 @@ class Operations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.inode
         attr.generation = 0
-        attr.st_uid, attr.st_gid = self._uid, self._gid
+        attr.st_uid, attr.st_gid = self.permissions.uid, self.permissions.gid
         attr.st_nlink = 1
         attr.st_size = node.size
         attr.st_blksize = 128 * 1024
+        mode = self.permissions.mode(node, node.inode == ROOT_INODE)
         timeout = BLOCK_TIMEOUT
         if node.kind == "dir":
-            attr.st_mode = stat.S_IFDIR | 0o555
+            attr.st_mode = stat.S_IFDIR | mode
             attr.st_nlink = 2
             timeout = DIR_TIMEOUT
         elif node.kind == "incoming_dir":
-            attr.st_mode = stat.S_IFDIR | 0o755
+            attr.st_mode = stat.S_IFDIR | mode
             attr.st_nlink = 2
             timeout = 0
         elif node.kind == "link":
-            attr.st_mode = stat.S_IFLNK | 0o777
+            attr.st_mode = stat.S_IFLNK | mode
             attr.st_size = len(node.target or "")
             timeout = DIR_TIMEOUT
         elif node.kind == "incoming":
-            attr.st_mode = stat.S_IFREG | 0o200
+            attr.st_mode = stat.S_IFREG | mode
             writer = self.service.writers.get(node.volume_id or "")
             attr.st_size = writer.written if writer else 0
             timeout = 0
         elif node.kind == "status":
-            attr.st_mode = stat.S_IFREG | 0o444
+            attr.st_mode = stat.S_IFREG | mode
             attr.st_size = 0  # generated on open; read with direct_io
             timeout = 0
         else:
-            attr.st_mode = stat.S_IFREG | 0o444
+            attr.st_mode = stat.S_IFREG | mode
         held = node.held if node.held is not None else attr.st_size
         attr.st_blocks = (held + 511) // 512
         ns = int(node.mtime * 1e9)
@@ -193,13 +193,13 @@ class Operations(pyfuse3.Operations):
                                                            pyfuse3.EntryAttributes]:
         if parent_inode != self.tree.incoming.inode:
             raise pyfuse3.FUSEError(errno.EROFS)
-        volume_id = os.fsdecode(name)
+        text = os.fsdecode(name)
         try:
-            naming.validate_id("volume", volume_id)
+            volume_id, full = incoming_target(text)
         except FormatError as exc:
-            log.error("incoming/%r refused: %s", volume_id, exc)
+            log.error("incoming/%r refused: %s", text, exc)
             raise pyfuse3.FUSEError(errno.EINVAL) from None
-        fh, node = await self.service.start_incoming(volume_id, ctx.pid)
+        fh, node = await self.service.start_incoming(volume_id, ctx.pid, full=full, name=text)
         info = pyfuse3.FileInfo(fh=fh, direct_io=True)
         return info, self.attributes(node)
 
@@ -220,13 +220,11 @@ class Operations(pyfuse3.Operations):
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        # O_TRUNC on a new incoming file asks for size 0, which it has; nothing else changes
-        if node.kind == "incoming" and fields.update_size and attr.st_size == 0 and not (
-                fields.update_mode or fields.update_uid or fields.update_gid):
-            return self.attributes(node)
-        if node.kind == "incoming" and not fields.update_size:
-            return self.attributes(node)  # touch, utimes: ignored
-        raise pyfuse3.FUSEError(errno.EROFS)
+        if node.kind != "incoming":
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if fields.update_size:  # O_TRUNC, or a sparse copy's last hole: failing fails it
+            await self.service.truncate(node, attr.st_size)
+        return self.attributes(node)  # mode, owner, times: a backup keeps none, ignored
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:

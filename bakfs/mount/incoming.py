@@ -5,7 +5,13 @@ A FUSE flush cannot tell a `close()` from the kernel closing the files of a proc
 being killed; both look alike. So the writer's pid is kept from `create`, and at flush time a
 writer that is exiting because of a signal (`procfs.process_killed`) has its backup abandoned
 instead of committed. An incremental also commits only when exactly the parent's size was
-written. The parent is chosen by the service from what the index knows.
+written. The parent is chosen by the service from what the index knows; `incoming/<volume>.full`
+makes a full backup whatever the volume's backups are.
+
+Sparse writers are welcome: a write past the end so far (`cp` seeking over a hole) and a
+truncate that extends the file (`cp` ending on a hole) add zeros up to there. A truncate that
+would shrink what was written fails, and so does the backup: nothing that failed is ever
+committed.
 
 Knows nothing of pyfuse3 or errno: it raises bakfs errors that `fuse_ops` maps.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import uuid
 from pathlib import Path
 
@@ -23,9 +30,11 @@ from bakfs.backup.plan import ParentCandidate, plan_backup
 from bakfs.backup.sink import BackupSink
 from bakfs.catalog.discovery import BackupRef
 from bakfs.catalog.leases import VolumeLease
+from bakfs.cinder.limits import current_limits
 from bakfs.cinder.metadata import BackupMetadata
 from bakfs.config import Config
-from bakfs.errors import BackupFailed, BakfsError, OutOfOrderWrite, WriterKilled
+from bakfs.errors import BackupFailed, BakfsError, OutOfOrderWrite, StoreUnreachable, WriterKilled
+from bakfs.mount.namespace import FULL_SUFFIX
 from bakfs.procfs import process_killed
 from bakfs.store.base import ObjectStore
 from bakfs.threads import Bridge
@@ -52,10 +61,28 @@ class _WriterState:
         if self.done:
             raise BackupFailed(f"incoming/{self.volume_id}: the backup is already "
                                f"{'committed' if self.result else 'abandoned'}")
-        if offset != self.written:
+        if offset < self.written:
             raise OutOfOrderWrite(
                 f"incoming/{self.volume_id}: write at offset {offset}, but {self.written} "
                 "bytes were written so far; backups are written sequentially (dd, cp, cat)")
+        self._check_bound(offset)
+
+    def _check_bound(self, size: int) -> None:
+        """A seek or truncate far past any volume would feed zeros for days: refused."""
+        largest = current_limits().max_volume_size
+        if size > largest:
+            raise BackupFailed(f"incoming/{self.volume_id}: {size} bytes is past the largest "
+                               f"volume bakfs accepts ({largest}; index.max_volume_size)")
+
+    def _check_truncate(self, size: int) -> None:
+        if self.done:
+            raise BackupFailed(f"incoming/{self.volume_id}: the backup is already "
+                               f"{'committed' if self.result else 'abandoned'}")
+        if size < self.written:
+            raise OutOfOrderWrite(
+                f"incoming/{self.volume_id}: truncate to {size} bytes, but {self.written} "
+                "bytes were written so far; a backup cannot take bytes back")
+        self._check_bound(size)
 
     def _outcome_again(self) -> object:
         if self.result is not None:
@@ -89,12 +116,22 @@ class IncomingBackup(_WriterState):
     @classmethod
     async def start(cls, nursery: trio.Nursery, store: ObjectStore, config: Config,
                     volume_id: str, writer_pid: int, bridge: Bridge,
-                    parent: ParentCandidate | None) -> IncomingBackup:
-        """Plan (incremental on `parent` when it fits), take the volume's lease and start the
-        sink. VolumeBusy when another writer holds the volume."""
-        plan, reason = await bridge.run_s3(
-            lambda: plan_backup(store, config.s3, volume_id, None, parent=parent,
-                                description="written into the bakfs mount"))
+                    parent: ParentCandidate | None, *, full: bool = False) -> IncomingBackup:
+        """Plan (incremental on `parent` when it fits, full when asked), take the volume's
+        lease and start the sink. VolumeBusy when another writer holds the volume."""
+        try:
+            plan, reason = await bridge.run_s3(
+                lambda: plan_backup(store, config.s3, volume_id, None, parent=parent,
+                                    full=full, description="written into the bakfs mount"))
+        except StoreUnreachable:
+            raise
+        except BakfsError as exc:
+            if parent is None:
+                raise
+            raise BackupFailed(
+                f"incoming/{volume_id}: cannot make an incremental on the newest backup "
+                f"{parent.ref.backup_id}: {exc}; write incoming/{volume_id}{FULL_SUFFIX} to "
+                "make a full backup") from None
         lease = VolumeLease(store, volume_id, plan.backup_id)
         await bridge.run_s3(lease.acquire)
         try:
@@ -123,11 +160,31 @@ class IncomingBackup(_WriterState):
         """The committed `_metadata` (None before the commit)."""
         return self.sink.metadata
 
+    @property
+    def lease(self) -> VolumeLease | None:
+        return self.sink.lease
+
     async def write(self, offset: int, data: bytes) -> int:
         self._check_write(offset)
+        await self._zeros_to(offset)
         await self.sink.write(data)
         self.written += len(data)
         return len(data)
+
+    async def truncate(self, size: int) -> None:
+        """A truncate that extends the file adds zeros (a sparse file's last hole)."""
+        self._check_truncate(size)
+        await self._zeros_to(size)
+
+    async def _zeros_to(self, offset: int) -> None:
+        """Zeros from what was written so far up to `offset` (a hole the writer skipped)."""
+        if offset <= self.written:
+            return
+        zeros = bytes(min(offset - self.written, self.sink.plan.options.object_size))
+        while self.written < offset:
+            n = min(offset - self.written, len(zeros))
+            await self.sink.write(zeros if n == len(zeros) else zeros[:n])
+            self.written += n
 
     async def finish(self) -> BackupRef:
         """Commit (or, when the writer was killed, abandon); idempotent."""
@@ -138,13 +195,28 @@ class IncomingBackup(_WriterState):
             await self.sink.abort()
             raise WriterKilled(killed)
         try:
+            self._check_size()
             self.result = await self.sink.commit()
         except BakfsError as exc:
             self.error = str(exc)
+            with trio.CancelScope(shield=True):
+                await self.sink.abort()  # no-op when commit aborted it already
             raise
         log.info("incoming/%s: backup %s committed (%d bytes)", self.volume_id,
                  self.backup_id, self.written)
         return self.result
+
+    def _check_size(self) -> None:
+        """An incremental must be the whole volume, in one go; say what to do instead."""
+        plan = self.sink.plan
+        if plan.parent is None or plan.parent_size is None or self.written == plan.parent_size:
+            return
+        raise BackupFailed(
+            f"incoming/{self.volume_id}: {self.written} bytes were written, but the volume "
+            f"is {plan.parent_size} bytes (its backup {plan.parent.backup_id}): a backup "
+            "through the mount is the whole volume written in one go (appending with >> "
+            "starts a new backup of the appended bytes only); to back up a volume of another "
+            f"size, write it to incoming/{self.volume_id}{FULL_SUFFIX}")
 
     async def abandon(self, why: str) -> None:
         if not self.done:
@@ -193,14 +265,28 @@ class TsmIncomingBackup(_WriterState):
         return cls(volume_id, writer_pid, backup_id, spool, store, make_runner(config),
                    config.tsm.staging_max_size, bridge)
 
+    @property
+    def lease(self) -> VolumeLease | None:
+        return None  # TSM backups take no lease in the store
+
     async def write(self, offset: int, data: bytes) -> int:
         self._check_write(offset)
-        if self.written + len(data) > self.max_size:
+        self._check_room(offset + len(data))
+        await self.bridge.run_disk(_write_at, self.spool, offset, data)
+        self.written = offset + len(data)
+        return len(data)
+
+    async def truncate(self, size: int) -> None:
+        """Extending leaves a hole in the spool file: zeros, without writing them."""
+        self._check_truncate(size)
+        self._check_room(size)
+        await self.bridge.run_disk(os.truncate, self.spool, size)
+        self.written = size
+
+    def _check_room(self, size: int) -> None:
+        if size > self.max_size:
             raise BackupFailed(f"incoming/{self.volume_id}: more than tsm.staging_max_size "
                                f"({self.max_size} bytes) to spool for TSM")
-        await self.bridge.run_disk(_append, self.spool, data)
-        self.written += len(data)
-        return len(data)
 
     async def finish(self) -> TsmRecord:
         if self.done:
@@ -233,6 +319,12 @@ class TsmIncomingBackup(_WriterState):
             await self.bridge.run_disk(lambda: self.spool.unlink(missing_ok=True))
 
 
-def _append(path: Path, data: bytes) -> None:
-    with open(path, "ab") as f:
-        f.write(data)
+def _write_at(path: Path, offset: int, data: bytes) -> None:
+    """Write at `offset`; a gap before it stays a hole (zeros)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(fd, view, offset + len(data) - len(view)):]
+    finally:
+        os.close(fd)

@@ -25,6 +25,7 @@ import platformdirs
 from bakfs.config import Config
 from bakfs.errors import MountError
 from bakfs.mount import sdnotify
+from bakfs.mount.permissions import resolve
 from bakfs.store import open_store_in_background
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,13 @@ def _check_mountpoint(mountpoint: Path, cleaned: bool = False) -> None:
         raise MountError(f"{mountpoint} is already a mount point (bakfs umount it first)")
     if not mountpoint.is_dir():
         raise MountError(f"mountpoint {mountpoint} is not a directory")
+    try:
+        hidden = len(os.listdir(mountpoint))
+    except OSError:
+        hidden = 0
+    if hidden:
+        log.warning("%s is not empty: its %d entries are hidden while bakfs is mounted over "
+                    "it", mountpoint, hidden)
 
 
 def mount(config: Config, mountpoint: str, *, foreground: bool, fuse_options: list[str],
@@ -69,6 +77,7 @@ def mount(config: Config, mountpoint: str, *, foreground: bool, fuse_options: li
     None; else return in the user's process once the daemon is ready (or failed)."""
     path = Path(os.path.abspath(mountpoint))
     _check_mountpoint(path)
+    permissions = resolve(config.mount)  # an unknown owner or group fails before the fork
     path = path.resolve()  # as /proc/self/mountinfo will name it (resolved before mounting)
     if not Path("/dev/fuse").exists():
         raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
@@ -85,7 +94,7 @@ def mount(config: Config, mountpoint: str, *, foreground: bool, fuse_options: li
     # in its thread; measured on a cold start, mount -> first 4 KiB 0.63 -> 0.5 s
     from bakfs.mount import daemon
 
-    daemon.serve(config, store, path, fuse_options, notify)
+    daemon.serve(config, store, path, fuse_options, notify, permissions)
     return None
 
 

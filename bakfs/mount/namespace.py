@@ -4,6 +4,7 @@
     /.status                counters in readable text        (read-only, generated on open)
     /.metrics               the same in Prometheus text format
     /incoming/              write `incoming/<volume id>` to make a backup of that volume
+                            (`incoming/<volume id>.full`: a full backup of it)
     /<volume id>/           one directory per volume
         <stamp>-<backup id> one read-only file per complete backup (stamp sorts by date)
         latest              symlink to the newest backup
@@ -23,12 +24,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
+from bakfs.cinder import naming
+from bakfs.errors import FormatError
+
 ROOT_INODE = 1
 INCOMING = "incoming"
 STATUS = ".status"
 METRICS = ".metrics"
 LATEST = "latest"
 REFRESH_XATTR = "user.bakfs.refresh"  # set on the root: the mount lists the store now
+FULL_SUFFIX = ".full"  # incoming/<volume id>.full: a full backup of that volume
 
 Kind = Literal["dir", "backup", "link", "status", "incoming_dir", "incoming"]
 
@@ -110,6 +115,18 @@ def _order(backup: BackupFile) -> tuple[float, int]:
 def can_show(volume_id: str) -> bool:
     """Whether a volume's directory can stand beside the special names."""
     return volume_id != INCOMING and not volume_id.startswith(".")
+
+
+def incoming_target(name: str) -> tuple[str, bool]:
+    """(volume id, full?) of a file created in `incoming/`; FormatError when the name is no
+    volume this mount could show (a bad id, or `incoming` itself)."""
+    full = name.endswith(FULL_SUFFIX) and len(name) > len(FULL_SUFFIX)
+    volume_id = name[:-len(FULL_SUFFIX)] if full else name
+    naming.validate_id("volume", volume_id)
+    if not can_show(volume_id):
+        raise FormatError(f"a volume named {volume_id!r} could not be shown beside the "
+                          "mount's own names; back it up with `bakfs backup`")
+    return volume_id, full
 
 
 class Tree:
@@ -205,12 +222,14 @@ class Tree:
         elif latest is not None:
             self._remove(latest.inode)
 
-    def add_incoming(self, volume_id: str) -> Node:
-        node = self._add(("incoming", volume_id), volume_id, "incoming", self.incoming.inode)
+    def add_incoming(self, volume_id: str, name: str | None = None) -> Node:
+        """The file a backup of `volume_id` is being written to, as it was named."""
+        name = name or volume_id
+        node = self._add(("incoming", name), name, "incoming", self.incoming.inode)
         node.volume_id = volume_id
         return node
 
     def remove_incoming(self, volume_id: str) -> None:
-        node = self.lookup(self.incoming.inode, volume_id)
-        if node is not None:
-            self._remove(node.inode)
+        for node in self.listing(self.incoming.inode):
+            if node.volume_id == volume_id:
+                self._remove(node.inode)

@@ -23,9 +23,10 @@ import trio
 from bakfs.backup.plan import ParentCandidate
 from bakfs.catalog.discovery import BackupRef
 from bakfs.catalog.index import BackupRecord
+from bakfs.catalog.leases import VolumeLease
 from bakfs.cinder import naming
 from bakfs.config import Config
-from bakfs.errors import BakfsError, VolumeBusy
+from bakfs.errors import BackupFailed, BakfsError, VolumeBusy
 from bakfs.mount import status
 from bakfs.mount.incoming import IncomingBackup, TsmIncomingBackup
 from bakfs.mount.namespace import METRICS, ROOT_INODE, Node, Tree
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 Writer = IncomingBackup | TsmIncomingBackup
 READAHEAD_KB = 1024  # the kernel's FUSE request limit here is 1 MiB (max_pages_limit 256)
+RELEASE_RETRY_FIRST = 1.0  # seconds before a failed lease release is tried again (doubling)
+RELEASE_RETRY_MAX = 15.0
+RELEASE_AT_EXIT = 5.0  # seconds the unmount gives leases left behind
 
 
 @dataclasses.dataclass
@@ -66,6 +70,8 @@ class MountService:
         self.staging = TsmStaging()  # reads of TSM-held backups
         self.tsm_records: list[TsmRecord] = []  # as last listed
         self.listed = trio.Event()  # the store has been listed once since the start
+        self.unreadable: list[BackupRecord] = []  # quarantined backups, with the reason
+        self.leftover_leases: dict[str, VolumeLease] = {}  # of failed backups, to release
         self._tuned = False
         self._fh = itertools.count(1)
 
@@ -95,7 +101,9 @@ class MountService:
         cached by the kernel for DIR_TIMEOUT seconds only and listings never, so changes show
         without invalidation calls (which can deadlock when made while the kernel waits on
         a request for the same inode)."""
-        records = [r for r in await self.catalog.list_backups() if r.status == "ok"]
+        every = await self.catalog.list_backups()
+        records = [r for r in every if r.status == "ok"]
+        self.unreadable = [r for r in every if r.status != "ok"]
         backups: list[Backup] = [S3Backup(r, self.engine) for r in records]
         backups += [TsmBackup(r, self.staging) for r in self.tsm_records]
         self.tree.sync(backups)
@@ -125,6 +133,8 @@ class MountService:
                         "serving what the cache holds; retrying every %s s",
                         self.store.description, exc, len(self.tree.backups()),
                         self.config.index.refresh_interval)
+        except Exception:  # a bug, but the mount serves on: the next refresh retries
+            log.exception("the first listing failed unexpectedly")
         finally:
             self.listed.set()
 
@@ -139,6 +149,8 @@ class MountService:
                 await self.refresh()
             except BakfsError as exc:
                 log.warning("refresh failed (the tree keeps what it showed): %s", exc)
+            except Exception:  # a bug, but one refresh must not end the mount
+                log.exception("refresh failed unexpectedly (the tree keeps what it showed)")
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -182,7 +194,10 @@ class MountService:
 
     # -- incoming --------------------------------------------------------------------------
 
-    async def start_incoming(self, volume_id: str, writer_pid: int) -> tuple[int, Node]:
+    async def start_incoming(self, volume_id: str, writer_pid: int, *, full: bool = False,
+                             name: str | None = None) -> tuple[int, Node]:
+        """Start a backup of `volume_id` written to `incoming/<name>` (a full one when
+        asked)."""
         if volume_id in self.writers:
             current = self.writers[volume_id]
             holder = f" (pid {current.writer_pid})" if current is not None else ""
@@ -191,18 +206,21 @@ class MountService:
         self.writers[volume_id] = None  # claim the name now
         writer: Writer
         try:
+            left = self.leftover_leases.get(volume_id)
+            if left is not None:
+                await self._release(left)  # our own failed backup's: not a busy volume
             if self.config.tsm.takes_incoming(volume_id):
                 writer = await TsmIncomingBackup.start(self.store, self.config, volume_id,
                                                        writer_pid, self.bridge)
             else:
                 writer = await IncomingBackup.start(
                     self.nursery, self.store, self.config, volume_id, writer_pid,
-                    self.bridge, await self._newest(volume_id))
+                    self.bridge, None if full else await self._newest(volume_id), full=full)
         except BaseException:
             del self.writers[volume_id]
             raise
         self.writers[volume_id] = writer
-        node = self.tree.add_incoming(volume_id)
+        node = self.tree.add_incoming(volume_id, name)
         fh = next(self._fh)
         self.handles[fh] = Handle(node, writer=writer)
         return fh, node
@@ -226,27 +244,48 @@ class MountService:
             await self._end_writer(writer, "a write failed")
             raise
 
+    async def truncate(self, node: Node, size: int) -> None:
+        """A truncate of `incoming/<volume>`: extending adds zeros; anything that fails
+        fails the backup, so its close reports it and nothing is committed."""
+        writer = self.writers.get(node.volume_id or "")
+        if writer is None:
+            if size:
+                raise BakfsError(f"incoming/{node.name} is not being written")
+            return
+        try:
+            await writer.truncate(size)
+        except BakfsError:
+            await self._end_writer(writer, "a truncate failed")
+            raise
+
     async def finish(self, fh: int, *, closing: bool) -> None:
         """Commit at the writer's close (flush) or fsync after data was written, so close()
-        reports a failed backup to the writer. A flush with nothing written yet is not the
-        end (dd and shells close a duplicate descriptor right after opening), nor is one
-        while the writer still holds the file (a child it forked closing its copy)."""
+        reports a failed backup to the writer. A flush is not the end while the writer still
+        holds the file (dd and shells close a duplicate descriptor right after opening, a
+        child it forked closes its copy). The last close of a file nothing was written to
+        fails: an empty file makes no backup, and the writer is told."""
         handle = self.handles.get(fh)
         writer = handle.writer if handle else None
-        if writer is None or (writer.written == 0 and not writer.done):
+        if writer is None or (writer.written == 0 and not writer.done and not closing):
             return
         if closing and not writer.done and self.mountpoint is not None:
-            path = str(self.mountpoint / "incoming" / writer.volume_id)
+            assert handle is not None
+            path = str(self.mountpoint / "incoming" / handle.node.name)
             if await self.bridge.run_disk(holds_open, writer.writer_pid, path):
                 return
         if writer.done:  # a later flush or fsync: the same outcome again, counted once
             await writer.finish()
             return
+        if writer.written == 0:
+            await self._end_writer(writer, "it was closed with nothing written, and an empty "
+                                           "file makes no backup")
+            raise BackupFailed(writer.error or "nothing was written")
         try:
             committed = await writer.finish()
             self.counters.backups_committed += 1
         except BakfsError:
             self.counters.backups_failed += 1
+            self._release_later(writer)
             raise
         finally:
             self._forget_writer(writer)
@@ -268,6 +307,39 @@ class MountService:
         await writer.abandon(why)
         self.counters.backups_failed += 1
         self._forget_writer(writer)
+        self._release_later(writer)
+
+    def _release_later(self, writer: Writer) -> None:
+        """A failed backup gives its volume's lease up at once; when the store was out of
+        reach for that, again and again until it is back (or the lease expired), so the
+        volume is not locked and `gc` sees the leftovers as soon as the store allows."""
+        lease = writer.lease
+        if lease is None or not lease.held:
+            return
+        self.leftover_leases[writer.volume_id] = lease
+        if self.nursery is not None:
+            self.nursery.start_soon(self._release_when_possible, lease)
+
+    async def _release_when_possible(self, lease: VolumeLease) -> None:
+        delay, waited = RELEASE_RETRY_FIRST, 0.0
+        while lease.held and self.leftover_leases.get(lease.volume_id) is lease \
+                and waited < lease.ttl:
+            await trio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, RELEASE_RETRY_MAX)
+            await self._release(lease)
+
+    async def _release(self, lease: VolumeLease) -> None:
+        try:
+            await self.bridge.run_s3(lease.release)
+        except BakfsError as exc:
+            log.debug("the lease of volume %s is still held (%s); trying again", lease.volume_id,
+                      exc)
+            return
+        if self.leftover_leases.get(lease.volume_id) is lease:
+            del self.leftover_leases[lease.volume_id]
+        log.info("released the lease of volume %s left by failed backup %s", lease.volume_id,
+                 lease.backup_id)
 
     def _forget_writer(self, writer: Writer) -> None:
         if self.writers.get(writer.volume_id) is writer:
@@ -275,9 +347,15 @@ class MountService:
             self.tree.remove_incoming(writer.volume_id)
 
     async def abandon_all(self) -> None:
+        """At the unmount (the service's nursery has ended): abandon the backups in flight
+        and give their leases a last chance to be released."""
+        self.nursery = None
         for writer in list(self.writers.values()):
             if writer is not None:
                 await self._end_writer(writer, "the mount is going away")
+        with trio.move_on_after(RELEASE_AT_EXIT):  # a last try for leases left behind
+            for lease in list(self.leftover_leases.values()):
+                await self._release(lease)
 
     # -- attributes and status -------------------------------------------------------------
 
@@ -299,10 +377,11 @@ class MountService:
         return status.status_text(
             self.store.description, len(self.tree.backups()), self.counters,
             self.engine.cache.stats, manager.all_progress() if manager else None,
-            self.staging.error, self._active_writers())
+            self.staging.error, self._active_writers(), self.unreadable)
 
     def metrics(self) -> str:
-        return status.metrics_text(self.counters, self.engine.cache.stats, len(self.writers))
+        return status.metrics_text(self.counters, self.engine.cache.stats, len(self.writers),
+                                   len(self.unreadable))
 
 
 def _newest_order(record: BackupRecord) -> tuple[str, float, int, str]:

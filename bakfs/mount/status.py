@@ -8,7 +8,7 @@ over what it knows.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from bakfs.catalog.index import BackupRecord
@@ -89,7 +89,7 @@ def tsm_xattrs(record: TsmRecord, progress: StagingProgress | None,
 
 def status_text(store: str, backups_shown: int, counters: Counters, cache: CacheStats,
                 staging: Iterable[StagingProgress] | None, staging_error: str | None,
-                writers: Iterable[Writer]) -> str:
+                writers: Iterable[Writer], unreadable: Sequence[BackupRecord] = ()) -> str:
     c = counters
     lines = [f"store: {store}",
              f"backups shown: {backups_shown}",
@@ -106,6 +106,10 @@ def status_text(store: str, backups_shown: int, counters: Counters, cache: Cache
                          f"{p.total_bytes} bytes" + (f" ({p.error})" if p.error else ""))
     elif staging_error:
         lines.append(f"TSM staging unavailable: {staging_error}")
+    lines.append(f"unreadable backups: {len(unreadable)}")
+    for record in unreadable:  # quarantined: listed with the reason, never served
+        lines.append(f"unreadable {record.volume_id}/{record.backup_id}: "
+                     f"{record.error or record.status}")
     for writer in sorted(writers, key=lambda w: w.volume_id):
         lines.append(f"writing incoming/{writer.volume_id} ({writer.backend}): backup "
                      f"{writer.backup_id}, {writer.written} bytes written, "
@@ -113,7 +117,8 @@ def status_text(store: str, backups_shown: int, counters: Counters, cache: Cache
     return "\n".join(lines) + "\n"
 
 
-def metrics_text(counters: Counters, cache: CacheStats, writers: int) -> str:
+def metrics_text(counters: Counters, cache: CacheStats, writers: int,
+                 unreadable: int = 0) -> str:
     c = counters
     rows = [("bakfs_reads_total", "counter", "reads served", c.reads),
             ("bakfs_served_bytes_total", "counter", "bytes served to readers", c.bytes_served),
@@ -128,7 +133,9 @@ def metrics_text(counters: Counters, cache: CacheStats, writers: int) -> str:
              c.backups_committed),
             ("bakfs_backups_failed_total", "counter", "incoming backups that failed",
              c.backups_failed),
-            ("bakfs_incoming_writers", "gauge", "backups being written", writers)]
+            ("bakfs_incoming_writers", "gauge", "backups being written", writers),
+            ("bakfs_unreadable_backups", "gauge", "backups quarantined as unreadable",
+             unreadable)]
     out = []
     for name, kind, text, value in rows:
         out += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]

@@ -6,18 +6,26 @@ backups can show them, and serve what its cache holds, before that is done; anyt
 needs the store waits for it in the worker thread that makes the call, and fails with the
 reason the store could not be opened. The opening starts at the first call or at `start()`:
 started later, it does not compete (for the GIL) with the rest of the start-up.
+
+A failed opening is not final: the store may be down for a while (the mount comes up
+anyway). The first call at least RETRY_AFTER seconds after a failure opens it again, in its
+own thread, while calls arriving meanwhile fail at once with the last reason; once open, the
+store stays open. So a mount started during an outage recovers when the store comes back.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from bakfs.store.base import CHUNK, ObjectInfo, ObjectStore
 from bakfs.threads import Background
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER = 1.0  # seconds after a failed opening before a call tries again
 
 
 class OpeningStore:
@@ -31,6 +39,8 @@ class OpeningStore:
         self._started = False
         self._store: ObjectStore | None = None
         self._error: BaseException | None = None
+        self._failed_at = float("-inf")
+        self._retrying = threading.Lock()  # one opening again at a time
         self._closed = False
 
     def start(self) -> None:
@@ -43,26 +53,49 @@ class OpeningStore:
 
     def _open(self) -> None:
         try:
-            store = self._opener()
-        except BaseException as exc:  # handed to every caller, as the store's own error
-            self._error = exc
-            log.debug("opening %s failed: %s", self._description, exc)
-        else:
-            with self._lock:
-                if self._closed:  # closed while opening: nobody will use it
-                    store.close()
-                self._store = store
+            self._attempt()
+        except BaseException:  # kept in _error for every caller
+            pass
         finally:
             self._ready.set()
 
+    def _attempt(self) -> ObjectStore:
+        try:
+            store = self._opener()
+        except BaseException as exc:  # handed to every caller, as the store's own error
+            with self._lock:
+                self._error = exc
+                self._failed_at = time.monotonic()
+            log.debug("opening %s failed: %s", self._description, exc)
+            raise
+        with self._lock:
+            if self._closed:  # closed while opening: nobody will use it
+                store.close()
+            self._store = store
+            self._error = None
+        return store
+
     def wait(self) -> ObjectStore:
-        """The open store (blocking until it is), or the error that opening it raised."""
+        """The open store (blocking until the first opening ends), opened again if it failed
+        at least RETRY_AFTER seconds ago, else the error that opening it raised."""
         self.start()
         self._ready.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._store is not None
-        return self._store
+        if self._store is not None:
+            return self._store
+        if time.monotonic() - self._failed_at >= RETRY_AFTER and \
+                self._retrying.acquire(blocking=False):
+            try:
+                if self._store is None:
+                    log.debug("opening %s again", self._description)
+                    return self._attempt()
+            finally:
+                self._retrying.release()
+        with self._lock:
+            store, error = self._store, self._error
+        if store is not None:
+            return store
+        assert error is not None
+        raise error.with_traceback(None)  # not a traceback grown by every caller
 
     @property
     def description(self) -> str:

@@ -89,7 +89,7 @@ def test_browse_and_restore_a_chain_with_dd(env: dict[str, str], tmp_path: Path,
     for name, data, backup_id in zip(names[:-1], versions, ids, strict=True):
         path = mount.path / "vol-a" / name
         st = path.stat()
-        assert st.st_size == SIZE and st.st_mode & 0o777 == 0o444
+        assert st.st_size == SIZE and st.st_mode & 0o777 == 0o440
         assert abs(st.st_mtime - time.time()) < 600
         restored = tmp_path / f"restored-{backup_id}"
         result = _dd(path, restored)
@@ -219,7 +219,7 @@ def test_a_failed_backup_fails_close_and_dd(env: dict[str, str], tmp_path: Path,
     result = _dd(image, mount.path / "incoming" / "vol-f")
     assert result.returncode != 0 and "Input/output error" in result.stderr
     assert len(find_backups(s3_store, "vol-f")) == 1
-    assert "an incremental needs the same size" in mount.log_text()
+    assert "write it to incoming/vol-f.full" in mount.log_text()
 
 
 def test_a_corrupt_object_fails_its_range_with_eio_and_the_mount_stays_up(

@@ -1,5 +1,7 @@
 import bz2
 import os
+import resource
+import time
 import zlib
 
 import pytest
@@ -109,3 +111,30 @@ def test_decode_stream_reads_every_zstd_frame() -> None:
     out, _ = codec.decode_stream([stored], "zstd", len(first) + len(second),
                                  codec.md5_hex(first + second), "k")
     assert out == first + second
+
+
+@pytest.mark.parametrize("name", ["zlib", "bz2", "zstd"])
+@pytest.mark.parametrize("content_size", [True, False])
+def test_a_bomb_is_refused_at_the_recorded_length(name: str, content_size: bool) -> None:
+    """256 MiB of zeros packed into a few hundred KB, recorded as 4 KiB: refused as soon
+    as the output passes 4 KiB, in milliseconds and without the 256 MiB (issue 14, item 4)."""
+    plain = bytes(256 << 20)
+    if name == "zstd":
+        body = zstandard.ZstdCompressor(write_content_size=content_size).compress(plain)
+    else:
+        body = zlib.compress(plain, 9) if name == "zlib" else bz2.compress(plain, 9)
+    del plain
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    with pytest.raises(IntegrityError, match="more than 4096 bytes") as info:
+        codec.decompress(body, name, 4096, "volume_v/x-00001")
+    assert info.value.key == "volume_v/x-00001"
+    assert time.monotonic() - started < 0.5
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB
+    assert grown < 16 * 1024
+
+
+def test_short_output_is_refused_by_the_codec_itself() -> None:
+    body = zstandard.ZstdCompressor(write_content_size=False).compress(TEXT)
+    with pytest.raises(IntegrityError, match=f"decompresses to {len(TEXT)} bytes"):
+        codec.decompress(body, "zstd", len(TEXT) + 1)

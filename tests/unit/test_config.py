@@ -5,7 +5,8 @@ import pytest
 
 from bakfs import config
 from bakfs.config import MiB, Secret
-from bakfs.errors import ConfigError
+from bakfs.errors import ConfigError, MountError
+from bakfs.mount.permissions import resolve
 
 
 def test_defaults_match_cinders_where_bakfs_does_not_say_why_it_differs() -> None:
@@ -136,3 +137,15 @@ def test_docs_list_every_option_with_its_environment_variable() -> None:
         assert f"| `{info.name}` | `{info.env}` |" in doc, info.key
         if info.cinder:
             assert f"`{info.cinder}`" in doc
+
+
+def test_mount_permissions_are_checked_and_resolved() -> None:
+    cfg = config.load(environ={"BAKFS_MOUNT_FILE_MODE": "0640", "BAKFS_MOUNT_OWNER": "0"})
+    permissions = resolve(cfg.mount)
+    assert permissions.file_mode == 0o640 and permissions.dir_mode == 0o550
+    assert permissions.uid == 0
+    for name, value in (("FILE_MODE", "999"), ("FILE_MODE", "rw-r"), ("GROUP", "a b")):
+        with pytest.raises(ConfigError, match="mount"):
+            config.load(environ={f"BAKFS_MOUNT_{name}": value})
+    with pytest.raises(MountError, match="no-such-user"):
+        resolve(config.load(environ={"BAKFS_MOUNT_OWNER": "no-such-user"}).mount)

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from bakfs.cinder.extents import Digests
+from bakfs.cinder.limits import CINDER_OBJECT_SIZE, Limits
 from bakfs.cinder.metadata import (
     BackupMetadata,
     ObjectEntry,
@@ -11,6 +12,7 @@ from bakfs.cinder.metadata import (
     parse_metadata,
     parse_sha256file,
 )
+from bakfs.config import Config, IndexOptions, S3Options
 from bakfs.errors import BadMetadata
 
 NAME = "volume_v/20261122235718/az_nova_backup_b-00001"
@@ -90,3 +92,54 @@ def test_sha256file_round_trip_and_checks(count: int) -> None:
         return
     with pytest.raises(BadMetadata, match="SHA-256"):
         parse_sha256file(json.dumps(bad).encode())
+
+
+# Hostile documents (issue 14, items 3 and 4): every value bakfs uses is checked, so each of
+# these is a BadMetadata naming what is wrong, never a ValueError, struct.error,
+# UnicodeEncodeError or gigabytes of memory further down.
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda d: d["objects"][0][NAME].update(md5="zz" * 16), "not 32 hexadecimal"),
+    (lambda d: d["objects"][0][NAME].update(md5="ab" * 17), "not 32 hexadecimal"),
+    (lambda d: d["objects"][0][NAME].update(offset=2 ** 64), "past the largest volume"),
+    (lambda d: d["objects"][0][NAME].update(offset=2 ** 63 - 65536), "past the largest volume"),
+    (lambda d: d["objects"][0][NAME].update(length=2 ** 40), "claims 1099511627776 bytes"),
+    (lambda d: d["objects"].__setitem__(0, {NAME + "\udc80": d["objects"][0][NAME]}),
+     "not valid Unicode"),
+    (lambda d: d["objects"].__setitem__(0, {"../x": d["objects"][0][NAME]}),
+     "not a valid object key"),
+    (lambda d: d["objects"].__setitem__(0, {"a\nb": d["objects"][0][NAME]}),
+     "not a valid object key"),
+    (lambda d: d["objects"].__setitem__(0, {"k" * 1025: d["objects"][0][NAME]}),
+     "not a valid object key"),
+    (lambda d: d.update(backup_name="x\udc80"), "backup_name"),
+    (lambda d: d.update(parent_id=7), "parent_id"),
+    (lambda d: d.update(created_at="\ud800"), "created_at"),
+    (lambda d: d.update(backup_description=["not", "text"]), "backup_description"),
+])
+def test_hostile_values_are_refused_with_the_reason(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    doc = json.loads(_metadata().to_json())
+    mutate(doc)
+    with pytest.raises(BadMetadata, match=message):
+        parse_metadata(json.dumps(doc).encode())
+
+
+def test_limits_come_from_the_configuration() -> None:
+    doc = json.loads(_metadata().to_json())
+    doc["objects"][0][NAME]["offset"] = (1 << 30) - 100  # ends 64 KiB past 1 GiB
+    raw = json.dumps(doc).encode()
+    assert parse_metadata(raw).covered_size == (1 << 30) - 100 + 65536
+    small = Limits.from_config(Config(index=IndexOptions(max_volume_size=1 << 30)))
+    with pytest.raises(BadMetadata, match=r"index\.max_volume_size"):
+        parse_metadata(raw, limits=small)
+    assert small.max_object_length == 2 * CINDER_OBJECT_SIZE
+    big_objects = Limits.from_config(Config(s3=S3Options(object_size=512 << 20)))
+    assert big_objects.max_object_length == 1 << 30
+
+
+def test_sha256file_with_a_bad_digest_anywhere_is_refused() -> None:
+    hexes = ["ab" * 32, "zz" * 32]  # the second, not the first
+    raw = Sha256File("b", "v", "", 4096, Digests.from_hex(hexes[:1])).to_json()
+    doc = json.loads(raw)
+    doc["sha256s"] = hexes
+    with pytest.raises(BadMetadata, match="hexadecimal"):
+        parse_sha256file(json.dumps(doc).encode())

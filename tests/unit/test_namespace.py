@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
+from bakfs.errors import FormatError
 from bakfs.mount.namespace import (
     INCOMING,
     LATEST,
@@ -12,6 +15,7 @@ from bakfs.mount.namespace import (
     STATUS,
     Tree,
     backup_file_name,
+    incoming_target,
 )
 
 DAY = 86400.0
@@ -123,3 +127,14 @@ def test_a_backup_whose_size_changed_is_measured_again() -> None:
     assert node.held == 5
     tree.sync([FakeBackup("b", "v", size=20)])
     assert node.held is None and node.size == 20
+
+
+def test_incoming_names() -> None:
+    """incoming/<volume>.full asks for a full backup; `incoming` itself is refused, as a
+    volume of that name could never be shown (issue 14, item 8)."""
+    assert incoming_target("vol-1") == ("vol-1", False)
+    assert incoming_target("vol-1.full") == ("vol-1", True)
+    assert incoming_target("a.b") == ("a.b", False)
+    for bad in ("incoming", "incoming.full", ".full", "..", "a/b", "x" * 200):
+        with pytest.raises(FormatError):
+            incoming_target(bad)

@@ -145,7 +145,7 @@ def test_a_second_writer_is_busy_and_out_of_order_writes_fail(
             await service.start_incoming("vol-busy", os.getpid())
         await service.write(fh, 0, b"x" * 1000)
         with pytest.raises(OutOfOrderWrite):
-            await service.write(fh, 5000, b"y")
+            await service.write(fh, 500, b"y")  # back over what was written
         # the failed write abandoned the backup: the name is free again, nothing committed
         assert "vol-busy" not in service.writers
         with pytest.raises(BackupFailed):
@@ -154,3 +154,87 @@ def test_a_second_writer_is_busy_and_out_of_order_writes_fail(
 
     _serve(tmp_path, store, body)
     assert find_backups(store.inner, "vol-busy") == []  # type: ignore[arg-type]
+
+
+def test_sparse_writes_and_an_extending_truncate_are_zeros(
+        tmp_path: Path, local_store: LocalStore, store: CountingStore) -> None:
+    """cp of a sparse image seeks over holes and ends with ftruncate: both are zeros
+    (issue 14, item 7)."""
+    image = bytearray(_image(3))
+    image[OBJECT:3 * OBJECT + 100] = bytes(2 * OBJECT + 100)  # a hole inside
+    image[SIZE - OBJECT - 7:] = bytes(OBJECT + 7)  # and one at the end
+    pid = os.getpid()
+
+    async def body(service: MountService) -> None:
+        fh, _node = await service.start_incoming("vol-sparse", pid)
+        await service.write(fh, 0, bytes(image[:OBJECT]))
+        await service.write(fh, 3 * OBJECT + 100, bytes(image[3 * OBJECT + 100:SIZE - OBJECT - 7]))
+        incoming = service.tree.lookup(service.tree.incoming.inode, "vol-sparse")
+        assert incoming is not None
+        await service.truncate(incoming, SIZE)
+        await service.finish(fh, closing=True)
+        await service.release(fh)
+        directory = service.tree.lookup(ROOT_INODE, "vol-sparse")
+        assert directory is not None
+        latest = service.tree.lookup(directory.inode, LATEST)
+        assert latest is not None
+        backup = service.tree.lookup(directory.inode, latest.target or "")
+        assert backup is not None and backup.size == SIZE
+        assert await service.read(service.open_handle(backup), 0, SIZE) == bytes(image)
+
+    _serve(tmp_path, store, body)
+
+
+def test_a_failed_truncate_or_an_empty_file_commits_nothing(
+        tmp_path: Path, store: CountingStore) -> None:
+    async def body(service: MountService) -> None:
+        fh, node = await service.start_incoming("vol-shrink", os.getpid())
+        await service.write(fh, 0, b"x" * 100_000)
+        with pytest.raises(OutOfOrderWrite, match="truncate"):
+            await service.truncate(node, 50_000)  # shrinking what was written
+        fh2, node2 = await service.start_incoming("vol-far", os.getpid())
+        with pytest.raises(BackupFailed, match="past the largest volume"):
+            await service.truncate(node2, 1 << 62)  # no days of zeros
+        await service.release(fh2)
+        with pytest.raises(BackupFailed):  # the close reports it: nothing committed
+            await service.finish(fh, closing=True)
+        await service.release(fh)
+        fh, node = await service.start_incoming("vol-empty", os.getpid())
+        await service.finish(fh, closing=False)  # an fsync of nothing is not the end
+        assert "vol-empty" in service.writers
+        with pytest.raises(BackupFailed, match="empty file makes no backup"):
+            await service.finish(fh, closing=True)
+        await service.release(fh)
+        assert service.counters.backups_failed == 3 and not service.writers
+
+    _serve(tmp_path, store, body)
+    assert find_backups(store.inner, "vol-shrink") == []  # type: ignore[arg-type]
+    assert find_backups(store.inner, "vol-empty") == []  # type: ignore[arg-type]
+
+
+def test_a_volume_of_another_size_says_to_write_it_full(
+        tmp_path: Path, local_store: LocalStore, store: CountingStore) -> None:
+    """Appending with >> (or any other size) fails with what to do through the mount, and
+    incoming/<volume>.full makes a full backup whatever the volume's backups are (item 8)."""
+    first = _image(4)
+    write_backup(local_store, io.BytesIO(first), "vol-app",
+                 S3Options(object_size=OBJECT, block_size=BLOCK))
+
+    async def body(service: MountService) -> None:
+        fh, _node = await service.start_incoming("vol-app", os.getpid())
+        await service.write(fh, 0, b"more" * 1000)
+        with pytest.raises(BackupFailed, match=r"incoming/vol-app\.full"):
+            await service.finish(fh, closing=True)
+        await service.release(fh)
+        fh, node = await service.start_incoming("vol-app", os.getpid(), full=True,
+                                                name="vol-app.full")
+        assert node.name == "vol-app.full" and node.volume_id == "vol-app"
+        await service.write(fh, 0, b"more" * 1000)
+        await service.finish(fh, closing=True)
+        await service.release(fh)
+        assert service.tree.listing(service.tree.incoming.inode) == []
+
+    _serve(tmp_path, store, body)
+    metas = [load_metadata(local_store, r) for r in find_backups(local_store, "vol-app")]
+    assert sorted(m.covered_size for m in metas) == [4000, SIZE]
+    assert all(m.parent_id is None for m in metas)  # both full
