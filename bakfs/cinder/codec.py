@@ -183,8 +183,9 @@ def decode_stream(chunks: Iterable[bytes], recorded: str, length: int, md5: str,
         raise IntegrityError(f"object {key}: cannot decompress as {recorded}: {exc}",
                              key) from None
     if extra or filled != length:
-        raise IntegrityError(f"object {key}: decoded length {'over ' if extra else ''}"
-                             f"{filled} differs from the recorded {length}", key)
+        size = f"more than {length}" if extra else str(filled)
+        raise IntegrityError(f"object {key}: decompresses to {size} bytes, not the recorded "
+                             f"{length}", key)
     actual = hashlib.md5(view, usedforsecurity=False).hexdigest()
     if actual != md5.lower():
         raise IntegrityError(f"object {key}: md5 {actual} differs from the recorded {md5}",

@@ -82,9 +82,9 @@ def test_decode_stream_refuses_a_longer_shorter_or_changed_object(algorithm: str
     plain = b"abc" * 50_000
     stored, recorded = codec.compress(plain, algorithm)
     md5 = codec.md5_hex(plain)
-    with pytest.raises(IntegrityError, match="over"):  # more than recorded: stops at once
+    with pytest.raises(IntegrityError, match="more than"):  # more than recorded: stops at once
         codec.decode_stream([bytes(stored)], recorded, len(plain) - 1, md5, "k")
-    with pytest.raises(IntegrityError, match="differs"):
+    with pytest.raises(IntegrityError, match="not the recorded"):
         codec.decode_stream([bytes(stored)], recorded, len(plain) + 1, md5, "k")
     with pytest.raises(IntegrityError, match="md5"):
         codec.decode_stream([bytes(stored)], recorded, len(plain), "0" * 32, "k")
@@ -97,10 +97,10 @@ def test_decode_stream_is_bounded_by_the_recorded_length_against_a_bomb() -> Non
     """A zstd frame of 64 MiB of zeros recorded as 4 KiB: decoding stops after 4 KiB + 1,
     never making the 64 MiB."""
     bomb = zstandard.ZstdCompressor(level=19).compress(bytes(64 << 20))
-    with pytest.raises(IntegrityError, match="over"):
+    with pytest.raises(IntegrityError, match="more than"):
         codec.decode_stream([bomb], "zstd", 4096, codec.md5_hex(bytes(4096)), "k")
     zbomb = zlib.compress(bytes(64 << 20), 9)
-    with pytest.raises(IntegrityError, match="over"):
+    with pytest.raises(IntegrityError, match="more than"):
         codec.decode_stream([zbomb], "zlib", 4096, codec.md5_hex(bytes(4096)), "k")
 
 
