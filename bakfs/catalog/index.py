@@ -109,6 +109,7 @@ class BackupRecord:
     stored_bytes: int = 0  # what those objects occupy in the store (after compression)
     codecs: tuple[str, ...] = ()  # the compression of its own objects, e.g. ("zstd",)
     zero_objects: int = 0
+    data_bytes: int | None = None  # volume bytes served by data objects (not holes, zeros)
 
     def to_json(self) -> bytes:
         doc = dataclasses.asdict(self)
@@ -338,6 +339,85 @@ class Index:
             for offset, length, kind, owner, n, object_offset in rows:
                 txn.put(_EXT_KEY.pack(seq, offset),
                         _EXT_VAL.pack(length, kind, owner, n, object_offset), db=self._extents)
+
+    def add_numbered_objects(self, seq: int, objects: Iterable[tuple[int, ObjectEntry]]
+                             ) -> None:
+        """Object rows at the given positions (the objects extents point at; zero objects
+        need none)."""
+        with self.env.begin(write=True) as txn:
+            for n, obj in objects:
+                txn.put(_OBJ_KEY.pack(seq, n), _encode_object(obj), db=self._objects)
+
+    def put_backups(self, items: Sequence[tuple[BackupRecord,
+                                                Iterable[tuple[int, ObjectEntry]],
+                                                Iterable[tuple[int, int, int, int, int, int]]]]
+                    ) -> list[BackupRecord]:
+        """Small backups whole, in one transaction: each gets its seq, its object rows (at
+        their positions) and extent rows, and its record with status ok. An extent's owner
+        -(k + 1) names the k-th backup of `items` (whose seq is given here), so a chain of
+        new backups is indexed at once: thousands of backups cost a few commits, not four
+        each."""
+        out: list[BackupRecord] = []
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"next_seq", db=self._meta)
+            first = _SEQ.unpack(raw)[0] if raw else 1
+            txn.put(b"next_seq", _SEQ.pack(first + len(items)), db=self._meta)
+            for k, (record, objects, rows) in enumerate(items):
+                seq = first + k
+                for n, obj in objects:
+                    txn.put(_OBJ_KEY.pack(seq, n), _encode_object(obj), db=self._objects)
+                count = 0
+                for offset, length, kind, owner, n, object_offset in rows:
+                    if owner < 0:
+                        owner = first - owner - 1
+                    txn.put(_EXT_KEY.pack(seq, offset),
+                            _EXT_VAL.pack(length, kind, owner, n, object_offset),
+                            db=self._extents)
+                    count += 1
+                record = dataclasses.replace(record, seq=seq, status=STATUS_OK,
+                                             extent_count=count)
+                txn.put(record.backup_id.encode(), record.to_json(), db=self._backups)
+                txn.put(_volume_key(record), b"", db=self._volumes)
+                out.append(record)
+        return out
+
+    def extent_rows(self, seq: int, offset: int, limit: int
+                    ) -> list[tuple[int, int, int, int, int, int]]:
+        """Up to `limit` raw extent rows of backup `seq` from volume offset `offset` on (a
+        row starting there or after), as (offset, length, kind, owner seq, owner n, offset
+        in object): what an incremental's extents are merged from."""
+        out = []
+        prefix = _SEQ.pack(seq)
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self._extents)
+            ok = cursor.set_range(_EXT_KEY.pack(seq, offset))
+            while ok and len(out) < limit:
+                key = bytes(cursor.key())
+                if key[:4] != prefix:
+                    break
+                try:
+                    _seq, start = _EXT_KEY.unpack(key)
+                    length, kind, owner, n, object_offset = _EXT_VAL.unpack(cursor.value())
+                except struct.error as exc:
+                    raise IndexCorrupt(f"unreadable extent row: {exc}") from None
+                out.append((start, length, kind, owner, n, object_offset))
+                ok = cursor.next()
+        return out
+
+    def data_bytes(self, seq: int) -> int:
+        """Bytes of data extents of backup `seq` (what is not holes or zero objects), summed
+        in one cursor walk without building spans."""
+        total = 0
+        prefix = _SEQ.pack(seq)
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self._extents)
+            ok = cursor.set_range(prefix)
+            while ok and bytes(cursor.key()[:4]) == prefix:
+                length, kind = _EXT_VAL.unpack_from(cursor.value())[:2]
+                if kind == KIND_DATA:
+                    total += length
+                ok = cursor.next()
+        return total
 
     def finish_backup(self, record: BackupRecord) -> None:
         """Publish a built backup (status ok) or record it as broken, in one transaction."""

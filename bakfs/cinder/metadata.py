@@ -66,7 +66,7 @@ class ObjectTable(Sequence[ObjectEntry]):
     `<base>-NNNNN` keep their number only; anything else is kept as given. Append-only;
     `end` is the furthest object end, `plain_bytes` the sum of the lengths."""
 
-    __slots__ = ("_base_ids", "_bases", "_codec_ids", "_codecs", "_lengths", "_md5s",
+    __slots__ = ("_base_ids", "_base_names", "_bases", "_codec_ids", "_codecs", "_lengths", "_md5s",
                  "_numbers", "_odd", "_offsets", "end", "plain_bytes")
 
     def __init__(self, entries: Iterable[ObjectEntry] = ()) -> None:
@@ -78,6 +78,7 @@ class ObjectTable(Sequence[ObjectEntry]):
         self._codec_ids = bytearray()
         self._codecs: list[str] = []
         self._bases: dict[str, int] = {}
+        self._base_names: list[str] = []
         self._odd: dict[int, tuple[str | None, str | None]] = {}  # name, md5 as given
         self.end = 0
         self.plain_bytes = 0
@@ -96,7 +97,10 @@ class ObjectTable(Sequence[ObjectEntry]):
         odd_name: str | None = None
         match = _NAME_RE.fullmatch(name)
         if match is not None and f"{int(match[2]):05d}" == match[2]:
-            base = self._bases.setdefault(match[1], len(self._bases))
+            base = self._bases.get(match[1], -1)
+            if base < 0:
+                base = self._bases[match[1]] = len(self._base_names)
+                self._base_names.append(match[1])
             self._base_ids.append(base)
             self._numbers.append(int(match[2]))
         else:
@@ -127,6 +131,13 @@ class ObjectTable(Sequence[ObjectEntry]):
     def __len__(self) -> int:
         return len(self._offsets)
 
+    def offset_order(self) -> Sequence[int]:
+        """Positions in ascending offset: as listed when the list is (every writer's)."""
+        offsets = self._offsets
+        if all(a <= b for a, b in itertools.pairwise(offsets)):
+            return range(len(offsets))
+        return sorted(range(len(offsets)), key=offsets.__getitem__)
+
     def _entry(self, i: int, bases: list[str]) -> ObjectEntry:
         name: str | None = None
         md5: str | None = None
@@ -145,7 +156,7 @@ class ObjectTable(Sequence[ObjectEntry]):
     @overload
     def __getitem__(self, index: slice) -> Sequence[ObjectEntry]: ...
     def __getitem__(self, index: int | slice) -> ObjectEntry | Sequence[ObjectEntry]:
-        bases = list(self._bases)
+        bases = self._base_names
         if isinstance(index, slice):
             return [self._entry(i, bases) for i in range(*index.indices(len(self)))]
         if index < 0:
@@ -155,7 +166,7 @@ class ObjectTable(Sequence[ObjectEntry]):
         return self._entry(index, bases)
 
     def __iter__(self) -> Iterator[ObjectEntry]:
-        bases = list(self._bases)
+        bases = self._base_names
         for i in range(len(self)):
             yield self._entry(i, bases)
 
@@ -415,11 +426,8 @@ def _check_no_overlap(objects: ObjectTable, what: str) -> None:
     """Objects of one backup never overlap; if they do the document cannot be trusted.
     Objects in offset order (as every writer lists them) are checked without sorting."""
     offsets, lengths = objects._offsets, objects._lengths
-    order: Iterable[int] = range(len(objects))
-    if any(b < a for a, b in itertools.pairwise(offsets)):
-        order = sorted(order, key=offsets.__getitem__)
     previous: int | None = None
-    for i in order:
+    for i in objects.offset_order():
         if previous is not None and offsets[i] < offsets[previous] + lengths[previous]:
             a, b = objects[previous], objects[i]
             raise BadMetadata(f"{what}: objects {a.name} and {b.name} overlap")
