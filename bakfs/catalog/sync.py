@@ -116,7 +116,7 @@ def overlay_rows(base: Iterable[Row], layer: Iterable[Row], size: int) -> Iterat
         yield last
 
 
-class _Layer:
+class Layer:
     """A backup's own objects as extent rows in offset order (all-zero objects as zero rows,
     never fetched), counting what the record says of them."""
 
@@ -145,9 +145,9 @@ class _Layer:
 
 
 def _small_rows(base: list[Row], objects: ObjectTable, owner: int, size: int, what: str
-                ) -> tuple[list[Row], _Layer]:
+                ) -> tuple[list[Row], Layer]:
     """A small backup's extent rows, merged in memory (CPU work)."""
-    layer = _Layer(objects, owner, size, what)
+    layer = Layer(objects, owner, size, what)
     return list(overlay_rows(base, layer.rows(), size)), layer
 
 
@@ -169,7 +169,7 @@ def _index_large(index: Index, record: BackupRecord, objects: ObjectTable,
     the last transaction; dropped again if its objects turn out to be inconsistent."""
     seq = index.begin_backup(record)
     try:
-        layer = _Layer(objects, seq, record.size, what)
+        layer = Layer(objects, seq, record.size, what)
         base: Iterable[Row] = ([(0, record.size, KIND_HOLE, NO_OWNER, 0, 0)]
                                if parent_seq is None else _indexed_rows(index, parent_seq))
         out: list[Row] = []
