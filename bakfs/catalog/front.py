@@ -104,10 +104,11 @@ class Catalog:
 
     # -- keeping in step with the store ----------------------------------------------------
 
-    async def refresh(self) -> sync.RefreshResult:
-        """Bring the index in step with the store (one at a time)."""
+    async def refresh(self, listing: list[BackupRef] | None = None) -> sync.RefreshResult:
+        """Bring the index in step with the store (one at a time); `listing`: the complete
+        backups a caller has just listed, so the store is not listed twice."""
         async with self._refresh_lock:
-            result = await sync.refresh(self.store, self.index, self.bridge)
+            result = await sync.refresh(self.store, self.index, self.bridge, listing)
             self.last_refresh = time.monotonic()
             self._forget()
             return result

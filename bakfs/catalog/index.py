@@ -203,6 +203,15 @@ class Index:
                 txn.drop(db, delete=False)
             txn.put(b"schema", SCHEMA_VERSION, db=self._meta)
 
+    def get_meta(self, name: bytes) -> bytes | None:
+        with self.env.begin() as txn:
+            value = txn.get(name, db=self._meta)
+        return None if value is None else bytes(value)
+
+    def set_meta(self, name: bytes, value: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(name, value, db=self._meta)
+
     def _purge_unfinished(self) -> None:
         for record in self.list_backups(include_unfinished=True):
             if record.status == STATUS_BUILDING:

@@ -46,7 +46,7 @@ from bakfs.catalog.index import (
 from bakfs.cinder import naming
 from bakfs.cinder.metadata import BackupMetadata, ObjectEntry, ObjectTable
 from bakfs.cinder.zeros import ZERO_DIGESTS
-from bakfs.errors import BadMetadata, BakfsError, FormatError, IndexCorrupt, ObjectMissing
+from bakfs.errors import BadMetadata, BakfsError, FormatError, IndexCorrupt, StoreRefused
 from bakfs.store.base import ObjectStore
 from bakfs.threads import Bridge, plain_errors
 
@@ -219,10 +219,13 @@ class Cataloguer:
         self.index = index
         self.bridge = bridge
 
-    async def refresh(self) -> RefreshResult:
+    async def refresh(self, listing: list[BackupRef] | None = None) -> RefreshResult:
+        """See the module docstring; `listing`: the complete backups, already listed."""
         started = time.monotonic()
         result = RefreshResult(rebuilt=self.index.rebuilt)
-        listed = newest_per_id(await self.bridge.run_s3(find_backups, self.store))
+        if listing is None:
+            listing = await self.bridge.run_s3(find_backups, self.store)
+        listed = newest_per_id(listing)
         by_id = {item.backup_id: item for item in listed}
         known = {r.backup_id: r
                  for r in await self.bridge.run_index(self.index.list_backups, None, True)}
@@ -324,7 +327,8 @@ class Cataloguer:
         base = BackupRecord(
             backup_id=item.backup_id, volume_id=item.prefix.volume_id, prefix=str(item.prefix),
             timestamp=item.prefix.timestamp, parent_id=None, created_at="", name=None,
-            description=None, size=0, chain=(item.backup_id,), fingerprint=item.fingerprint)
+            description=None, size=0, chain=(item.backup_id,), fingerprint=item.fingerprint,
+            stored_bytes=item.stored_bytes, object_count=item.data_objects)
         try:
             if item.backup_id in path:
                 raise FormatError(f"backup {item.backup_id} is its own ancestor")
@@ -352,7 +356,7 @@ class Cataloguer:
                 codecs=tuple(sorted(objects.codecs)))
             record = await self._write(record, objects, parent, volume, present,
                                        item.metadata_key)
-        except (FormatError, ObjectMissing) as exc:
+        except (FormatError, StoreRefused) as exc:  # unreadable: this backup, not the store
             record = dataclasses.replace(base, status=STATUS_BROKEN, error=str(exc))
             log.warning("index: backup %s cannot be read: %s", item.backup_id, exc)
             await self.bridge.run_index(self.index.put_broken, record)
@@ -410,18 +414,30 @@ def _by_volume(listed: list[BackupRef]) -> Iterator[tuple[str, list[BackupRef]]]
     yield from groups.items()
 
 
-async def open_index(path: str | Path, bridge: Bridge, *, wipe: bool = False) -> Index:
-    """Open (after wiping, for a rebuild) the index in an index thread."""
+async def open_index(path: str | Path, bridge: Bridge, *, wipe: bool = False,
+                     identity: str | None = None) -> Index:
+    """Open (after wiping, for a rebuild) the index in an index thread. With `identity`
+    (`bakfs.store.store_identity`), an index built for another store or another SSE-C key
+    is emptied first: what it says of backups another key cannot read would be wrong."""
     def opener() -> Index:
         if wipe:
             shutil.rmtree(path, ignore_errors=True)
-        return Index.open(path)
+        index = Index.open(path)
+        if identity is not None:
+            stored = index.get_meta(b"store")
+            if stored is not None and stored != identity.encode():
+                index.clear()
+                index.rebuilt = "it was built for another store or SSE-C key"
+            if stored != identity.encode():
+                index.set_meta(b"store", identity.encode())
+        return index
     index = await bridge.run_index(opener)
     if wipe:
         index.rebuilt = "a rebuild was asked for"
     return index
 
 
-async def refresh(store: ObjectStore, index: Index, bridge: Bridge) -> RefreshResult:
+async def refresh(store: ObjectStore, index: Index, bridge: Bridge,
+                  listing: list[BackupRef] | None = None) -> RefreshResult:
     """Bring the index in step with the store; see the module docstring."""
-    return await Cataloguer(store, index, bridge).refresh()
+    return await Cataloguer(store, index, bridge).refresh(listing)
