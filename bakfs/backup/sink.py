@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_MEMORY_BUDGET = 256 * MiB
 LEASE_RENEW_SECONDS = 60.0
-HOLE_BATCH = 1024  # windows of a hole compared with the parent per CPU hop (4 MiB of digests)
+HOLE_DIGESTS = 1 << 15  # blocks of a hole handled per step (1 MiB of digests, 1 GiB of volume)
 
 
 @dataclasses.dataclass
@@ -58,13 +58,15 @@ class BackupStats:
     bytes_read: int = 0
     bytes_changed: int = 0  # plain bytes of the objects stored
     bytes_uploaded: int = 0  # stored (compressed) bytes sent
+    hole_bytes: int = 0  # of bytes_read: holes of the source, not read at all
     objects: int = 0
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, float | int]:
         seconds = time.monotonic() - self.started
         return {"bytes_read": self.bytes_read, "bytes_changed": self.bytes_changed,
-                "bytes_uploaded": self.bytes_uploaded, "objects": self.objects,
+                "bytes_uploaded": self.bytes_uploaded, "hole_bytes": self.hole_bytes,
+                "objects": self.objects,
                 "seconds": round(seconds, 3),
                 "read_mb_per_s": round(self.bytes_read / 1e6 / seconds, 1) if seconds else 0}
 
@@ -257,13 +259,15 @@ class BackupSink:
             await self.write(bytes(pad))
             length -= pad
         windows, tail = divmod(length, size)
-        for first in range(0, windows, HOLE_BATCH):
-            count = min(HOLE_BATCH, windows - first)
+        batch = max(1, HOLE_DIGESTS // (size // self.plan.options.block_size))
+        for first in range(0, windows, batch):
+            count = min(batch, windows - first)
             await self._tokens.acquire()  # a hole batch holds no window memory, only order
             self._raise_if_failed()
             index = self._window_count
             self._window_count += count
             self.stats.bytes_read += count * size
+            self.stats.hole_bytes += count * size
             self._pending += 1
             self._idle = trio.Event()
             assert self._nursery is not None

@@ -115,6 +115,6 @@ def _is_zero(window: bytes | memoryview) -> bool:
 
 @functools.lru_cache(maxsize=16)
 def _zero_object(length: int, algorithm: str) -> tuple[bytes | memoryview, str, str, bytes]:
-    zeros = _zeros(length)
+    zeros = bytes(length)  # not kept: only its compressed form is
     stored, recorded = codec.compress(zeros, algorithm)
     return stored, recorded, codec.md5_hex(zeros), codec.md5_digest(stored)

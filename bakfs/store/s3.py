@@ -221,8 +221,10 @@ def _parts(chunks: Iterable[bytes | memoryview]) -> Iterator[bytes]:
     for chunk in chunks:
         buffer += chunk
         while len(buffer) >= size:
-            yield bytes(buffer[:size])
+            with memoryview(buffer) as view:
+                part = bytes(view[:size])
             del buffer[:size]
+            yield part
             count += 1
             if count % (MAX_PARTS // 10) == 0:
                 size *= 2
