@@ -38,10 +38,12 @@ def describe_store(config: Config) -> str:
 
 
 def store_identity(config: Config) -> str:
-    """Names the store and SSE-C key an index was built for (a digest: no secret in it)."""
+    """Names the bucket and SSE-C key an index was built for (a digest: no secret in it).
+    The endpoint is left out: one store is often reached under several names."""
     key = config.s3.sse_customer_key.reveal() if config.s3.sse_enabled else ""
     assert key is not None
-    text = f"{describe_store(config)}\0{key}".encode()
+    where = "s3" if config.uses_s3 else f"local {config.local.path}"
+    text = f"{where}\0{config.s3.bucket}\0{key}".encode()
     return hashlib.sha256(text).hexdigest()[:32]
 
 
