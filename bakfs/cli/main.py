@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bakfs import __version__
+from bakfs import __version__, memory
 from bakfs import config as config_module
 from bakfs import log as log_module
 from bakfs.errors import BakfsError
@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    memory.limit_arenas()  # before any thread: peak RSS stays flat over a long backup
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
