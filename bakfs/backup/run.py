@@ -65,8 +65,12 @@ def backup_source(config: Config, source: Source, volume_id: str, *, parent_id: 
         log.info("%s", reason)
         if on_plan is not None:
             on_plan(plan, reason)
-        ref, stats = trio.run(stream_backup, store, plan, source, on_progress,
-                              restrict_keyboard_interrupt_to_checkpoints=True)
+        try:
+            ref, stats = trio.run(stream_backup, store, plan, source, on_progress,
+                                  restrict_keyboard_interrupt_to_checkpoints=True)
+        finally:
+            if plan.parent_hashes is not None:
+                plan.parent_hashes.close()  # its spill file
     finally:
         store.close()
     return BackupSummary(ref, plan, reason, stats)
@@ -86,8 +90,9 @@ async def stream_backup(store: ObjectStore, plan: BackupPlan, source: Source,
         body = trio.CancelScope()
         nursery.start_soon(_cancel_on_sigterm, body)
         with body:
-            result = await run_backup_stream(store, plan, read_chunks(source, bridge, read_size),
-                                             lease, bridge=bridge, on_progress=on_progress)
+            chunks = read_chunks(source, bridge, read_size, plan.options.object_size)
+            result = await run_backup_stream(store, plan, chunks, lease, bridge=bridge,
+                                             on_progress=on_progress)
         nursery.cancel_scope.cancel()
     if result is None:
         raise BakfsError(f"interrupted by SIGTERM: backup {plan.backup_id} abandoned, "

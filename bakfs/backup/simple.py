@@ -19,8 +19,8 @@ from typing import BinaryIO
 from bakfs.backup.window import prepare_window
 from bakfs.catalog.discovery import BackupRef, load_chain, load_sha256file
 from bakfs.cinder import naming
-from bakfs.cinder.extents import Digests
-from bakfs.cinder.metadata import ObjectEntry, backup_documents
+from bakfs.cinder.extents import Digests, DigestWriter
+from bakfs.cinder.metadata import ObjectTable, backup_documents
 from bakfs.config import S3Options
 from bakfs.errors import BakfsError
 from bakfs.store.base import ObjectStore
@@ -55,8 +55,8 @@ def write_backup(store: ObjectStore, source: BinaryIO, volume_id: str, options: 
 
     store.ensure_bucket()
     prefix = naming.make_prefix(volume_id, backup_id, now, options.availability_zone)
-    entries: list[ObjectEntry] = []
-    hashes: list[Digests] = []
+    entries = ObjectTable()
+    hashes = DigestWriter()
     offset = 0
     while window := source.read(options.object_size):
         window_hashes, prepared = prepare_window(window, offset // options.object_size,
@@ -64,9 +64,8 @@ def write_backup(store: ObjectStore, source: BinaryIO, volume_id: str, options: 
         for item in prepared:
             key = naming.object_name(prefix, len(entries) + 1)
             store.put(key, item.stored, md5=item.stored_md5)
-            entries.append(ObjectEntry(key, item.offset, item.length, item.compression,
-                                       item.md5))
-        hashes.append(window_hashes)
+            entries.add(key, item.offset, item.length, item.compression, item.md5)
+        hashes.append_flushing(window_hashes.block_range(0, len(window_hashes)))
         offset += len(window)
         if progress is not None:
             progress(offset)
@@ -77,9 +76,12 @@ def write_backup(store: ObjectStore, source: BinaryIO, volume_id: str, options: 
 
     sha_doc, metadata = backup_documents(
         backup_id, volume_id, now, parent.backup_id if parent else None, entries, block,
-        Digests.join(hashes), name, description)
-    store.put(naming.sha256file_name(prefix), sha_doc.to_json())
-    store.put(naming.metadata_name(prefix), metadata.to_json())
+        hashes.finish(), name, description)
+    try:
+        store.put_stream(naming.sha256file_name(prefix), sha_doc.iter_json())
+    finally:
+        sha_doc.sha256s.close()
+    store.put_stream(naming.metadata_name(prefix), metadata.iter_json())
     log.debug("backup %s of volume %s complete: %d bytes, %d objects", backup_id, volume_id,
              offset, len(entries))
     return BackupRef(prefix)

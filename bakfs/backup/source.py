@@ -1,5 +1,8 @@
 """What a backup reads: a regular file, a block device, a pipe or stdin, opened and checked,
-and read in whole windows.
+and read in whole windows. The holes of a sparse file are not read at all: `SEEK_DATA` and
+`SEEK_HOLE` say where they are, and every whole window inside one is handed on as a `Hole`
+(zeros by definition). A block device offers no holes through lseek (the kernel reports it
+all as data) and is read whole; zero windows are then recognised after reading.
 
 Blocking `open_source`; `read_chunks` reads on trio through the bridge's source thread.
 """
@@ -7,14 +10,22 @@ Blocking `open_source`; `read_chunks` reads on trio through the bridge's source 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO
 
 from bakfs.errors import SourceError
 from bakfs.threads import Bridge
+
+
+@dataclasses.dataclass(frozen=True)
+class Hole:
+    """`length` bytes of zeros the source did not read (a hole of a sparse file)."""
+
+    length: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,17 +63,80 @@ def open_source(path: str) -> Source:
     return Source(path, f, size, "block device" if stat.S_ISBLK(st.st_mode) else "file")
 
 
-async def read_chunks(source: Source, bridge: Bridge, read_size: int) -> AsyncIterator[bytes]:
-    """The source's bytes in reads of `read_size` (whole windows, so the sink takes them
-    without copying); SourceError names the offset of a failed read."""
-    offset = 0
+def next_run(fd: int, offset: int, window: int, size: int) -> tuple[bool, int]:
+    """From `offset` (a multiple of `window`): (True, end) when [offset, end) is whole
+    windows of hole, else (False, end) for the windows to read, up to where the next hole
+    covers a whole window. Without hole support, everything is data."""
+    try:
+        data = os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # no data after offset: a hole to the end
+            return True, size
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ESPIPE):
+            return False, size
+        raise
+    start = data - data % window
+    if start > offset:
+        return True, min(start, size)
+    end = offset
     while True:
+        hole = os.lseek(fd, max(data, end), os.SEEK_HOLE)  # the end of the file at the latest
+        end = min(-(-hole // window) * window, size)
+        if end >= size:
+            return False, size
         try:
-            data = await bridge.run_source(source.file.read, read_size)
+            data = os.lseek(fd, end, os.SEEK_DATA)
         except OSError as exc:
-            raise SourceError(f"reading {source.path} failed at byte {offset}: "
+            if exc.errno == errno.ENXIO:
+                return False, end
+            raise
+        if data - data % window > end:  # a whole window of hole follows
+            return False, end
+
+
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    return os.pread(fd, length, offset)
+
+
+async def read_chunks(source: Source, bridge: Bridge, read_size: int, window: int
+                      ) -> AsyncIterator[bytes | Hole]:
+    """The source's bytes in reads of `read_size` (whole windows, so the sink takes them
+    without copying), and its holes as Holes of whole windows; SourceError names the
+    offset of a failed read."""
+    offset = 0
+    if source.size is None:
+        while True:
+            data = await _read(source, bridge, offset, source.file.read, read_size)
+            if not data:
+                return
+            offset += len(data)
+            yield data
+    fd = source.file.fileno()
+    size = source.size
+    while offset < size:
+        try:
+            hole, end = await bridge.run_source(next_run, fd, offset, window, size)
+        except OSError as exc:
+            raise SourceError(f"finding the holes of {source.path} failed at byte {offset}: "
                               f"{exc.strerror or exc}; nothing was committed") from None
-        if not data:
-            return
-        offset += len(data)
-        yield data
+        if hole:
+            yield Hole(end - offset)
+            offset = end
+            continue
+        while offset < end:
+            data = await _read(source, bridge, offset, _pread, fd,
+                               min(read_size, end - offset), offset)
+            if not data:
+                raise SourceError(f"{source.path} ended at byte {offset} of {size}; "
+                                  "nothing was committed")
+            offset += len(data)
+            yield data
+
+
+async def _read(source: Source, bridge: Bridge, offset: int, fn: Callable[..., bytes],
+                *args: object) -> bytes:
+    try:
+        return await bridge.run_source(fn, *args)
+    except OSError as exc:
+        raise SourceError(f"reading {source.path} failed at byte {offset}: "
+                          f"{exc.strerror or exc}; nothing was committed") from None

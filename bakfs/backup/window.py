@@ -35,10 +35,10 @@ def prepare_window(window: bytes | memoryview, index: int, options: S3Options,
     the changed runs (all of it for a full backup), compress and md5 each."""
     block = options.block_size
     zero = _is_zero(window)
-    hashes = (_zero_digests(len(window), block) if zero
+    hashes = (Digests(extents.zero_digests(len(window), block)) if zero
               else extents.block_digests(window, block))
-    runs = extents.changed_runs(hashes, parent_hashes, index * (options.object_size // block),
-                                block, len(window))
+    runs = extents.changed_runs(hashes, _parent_slice(parent_hashes, index, len(hashes),
+                                                      options), 0, block, len(window))
     view = memoryview(window)
     base = index * options.object_size
     prepared = []
@@ -58,6 +58,47 @@ def prepare_window(window: bytes | memoryview, index: int, options: S3Options,
     return hashes, prepared
 
 
+def _parent_slice(parent_hashes: Digests | None, index: int, blocks: int,
+                  options: S3Options) -> Digests | None:
+    """The parent's digests of window `index`'s blocks (one read of a spilled list)."""
+    if parent_hashes is None:
+        return None
+    first = index * (options.object_size // options.block_size)
+    return Digests(parent_hashes.block_range(first, blocks))
+
+
+def hole_runs(parent_hashes: Digests | None, first_window: int, windows: int,
+              options: S3Options) -> list[tuple[int, int]]:
+    """The objects of `windows` whole windows of zeros (a hole of the source) from window
+    `first_window` on, as (volume offset, length): every window for a full backup; for an
+    incremental, the runs of blocks the parent did not have as zeros. Nothing is read or
+    hashed: a zero block's digest is known."""
+    size = options.object_size
+    base = first_window * size
+    if parent_hashes is None:
+        return [(base + i * size, size) for i in range(windows)]
+    block = options.block_size
+    per_window = size // block
+    zero = extents.zero_digests(block, block)
+    blocks = windows * per_window
+    parent = parent_hashes.block_range(first_window * per_window, blocks)
+    runs: list[tuple[int, int]] = []
+    if parent == zero * blocks:
+        return runs  # the parent had zeros here too (the common case: one comparison)
+    hashes = Digests(zero * per_window)
+    for i in range(windows):
+        window_parent = Digests(parent[i * per_window * 32:(i + 1) * per_window * 32])
+        runs += [(base + i * size + a, b - a) for a, b in
+                 extents.changed_runs(hashes, window_parent, 0, block, size)]
+    return runs
+
+
+def zero_object(length: int, algorithm: str) -> PreparedObject:
+    """A run of zeros as an object to upload (compressed once per length and codec)."""
+    stored, recorded, md5, stored_md5 = _zero_object(length, algorithm)
+    return PreparedObject(0, length, stored, recorded, md5, stored_md5)
+
+
 # Unused regions of a volume are zeros, often a third of it: their hashes, md5 and compressed
 # form depend only on their length, so they are computed once.
 @functools.lru_cache(maxsize=4)
@@ -72,13 +113,8 @@ def _is_zero(window: bytes | memoryview) -> bool:
     return raw == _zeros(len(raw))
 
 
-@functools.lru_cache(maxsize=8)
-def _zero_digests(length: int, block: int) -> Digests:
-    return extents.block_digests(_zeros(length), block)
-
-
 @functools.lru_cache(maxsize=16)
 def _zero_object(length: int, algorithm: str) -> tuple[bytes | memoryview, str, str, bytes]:
-    zeros = _zeros(length)
+    zeros = bytes(length)  # not kept: only its compressed form is
     stored, recorded = codec.compress(zeros, algorithm)
     return stored, recorded, codec.md5_hex(zeros), codec.md5_digest(stored)

@@ -16,9 +16,16 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from bakfs.cinder import naming
-from bakfs.cinder.metadata import BackupMetadata, Sha256File, parse_metadata, parse_sha256file
+from bakfs.cinder.metadata import (
+    BackupMetadata,
+    Sha256File,
+    parse_metadata,
+    read_metadata,
+    read_sha256file,
+)
 from bakfs.errors import BackupNotFound, BadMetadata
 from bakfs.store.base import ObjectInfo, ObjectStore
+from bakfs.store.streams import read_pieces
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,11 +177,16 @@ def parse_checked(raw: bytes, ref: BackupRef) -> BackupMetadata:
 
 
 def load_metadata(store: ObjectStore, ref: BackupRef) -> BackupMetadata:
-    return parse_checked(store.get(ref.metadata_key), ref)
+    """A backup's `_metadata`, read and parsed piece by piece (its objects packed), and
+    checked to name that backup."""
+    return check_metadata(read_metadata(read_pieces(store, ref.metadata_key),
+                                        ref.metadata_key), ref)
 
 
 def load_sha256file(store: ObjectStore, ref: BackupRef) -> Sha256File:
-    return parse_sha256file(store.get(ref.sha256file_key), ref.sha256file_key)
+    """A backup's `_sha256file`, streamed into a packed digest list (a file when large:
+    `Sha256File.sha256s.close()` releases it early)."""
+    return read_sha256file(read_pieces(store, ref.sha256file_key), ref.sha256file_key)
 
 
 def load_chain(store: ObjectStore, ref: BackupRef) -> list[tuple[BackupRef, BackupMetadata]]:

@@ -113,13 +113,17 @@ class Catalog:
 
     # -- keeping in step with the store ----------------------------------------------------
 
-    async def refresh(self, *, check: bool = False) -> sync.RefreshResult:
-        """Bring the index in step with the store (one at a time); with `check`, read every
-        row of the index first and rebuild it if any is damaged (`bakfs index refresh`)."""
+    async def refresh(self, listing: list[BackupRef] | None = None, *,
+                      check: bool = False) -> sync.RefreshResult:
+        """Bring the index in step with the store (one at a time). `listing`: the complete
+        backups a caller has just listed, so the store is not listed twice; `check`: read
+        every row of the index first and rebuild it if any is damaged (`bakfs index
+        refresh`)."""
         async with self._refresh_lock:
-            return await self._refresh(check)
+            return await self._refresh(check, listing)
 
-    async def _refresh(self, check: bool) -> sync.RefreshResult:
+    async def _refresh(self, check: bool,
+                       listing: list[BackupRef] | None = None) -> sync.RefreshResult:
         try:
             if check:
                 try:
@@ -130,10 +134,10 @@ class Catalog:
                     await self._reset(f"it was damaged ({len(problems)} problems, the "
                                       f"first: {problems[0]})")
             try:
-                result = await sync.refresh(self.store, self.index, self.bridge)
+                result = await sync.refresh(self.store, self.index, self.bridge, listing)
             except IndexCorrupt as exc:
                 await self._reset(f"it was damaged ({exc})")
-                result = await sync.refresh(self.store, self.index, self.bridge)
+                result = await sync.refresh(self.store, self.index, self.bridge, listing)
         finally:
             self._settled.set()  # whatever came of it, a reset is over
         self.last_refresh = time.monotonic()

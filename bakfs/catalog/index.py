@@ -55,7 +55,8 @@ from bakfs.errors import BackupNotFound, IndexCorrupt
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = b"bakfs-index-3"  # 2: own_bytes, stored_bytes, codecs; 3: row checksums
+SCHEMA_VERSION = b"bakfs-index-4"  # 2: own_bytes, stored_bytes, codecs; 3: row checksums;
+# 4: data_bytes, and zero objects without an object row
 MAP_SIZE = 1 << 40  # address space only; the file grows as needed
 BATCH_ROWS = 20_000
 
@@ -188,6 +189,7 @@ class BackupRecord:
     stored_bytes: int = 0  # what those objects occupy in the store (after compression)
     codecs: tuple[str, ...] = ()  # the compression of its own objects, e.g. ("zstd",)
     zero_objects: int = 0
+    data_bytes: int | None = None  # volume bytes served by data objects (not holes, zeros)
 
     def to_json(self) -> bytes:
         doc = dataclasses.asdict(self)
@@ -301,6 +303,17 @@ class Index:
             shutil.rmtree(self.path, ignore_errors=True)
             self._attach(self._create_env(self.path))
             self.rebuilt = reason
+
+    @_guarded
+    def get_meta(self, name: bytes) -> bytes | None:
+        with self.env.begin() as txn:
+            value = txn.get(name, db=self._meta)
+        return None if value is None else _unseal(name, bytes(value), "meta")
+
+    @_guarded
+    def set_meta(self, name: bytes, value: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(name, _seal(name, value), db=self._meta)
 
     def _purge_unfinished(self) -> None:
         for record in self.list_backups(include_unfinished=True):
@@ -519,6 +532,93 @@ class Index:
                 key = _EXT_KEY.pack(seq, offset)
                 txn.put(key, _seal(key, _EXT_VAL.pack(length, kind, owner, n, object_offset)),
                         db=self._extents)
+
+    @_guarded
+    def add_numbered_objects(self, seq: int, objects: Iterable[tuple[int, ObjectEntry]]
+                             ) -> None:
+        """Object rows at the given positions (the objects extents point at; zero objects
+        need none)."""
+        with self.env.begin(write=True) as txn:
+            for n, obj in objects:
+                key = _OBJ_KEY.pack(seq, n)
+                txn.put(key, _seal(key, _encode_object(obj)), db=self._objects)
+
+    @_guarded
+    def put_backups(self, items: Sequence[tuple[BackupRecord,
+                                                Iterable[tuple[int, ObjectEntry]],
+                                                Iterable[tuple[int, int, int, int, int, int]]]]
+                    ) -> list[BackupRecord]:
+        """Small backups whole, in one transaction: each gets its seq, its object rows (at
+        their positions) and extent rows, and its record with status ok. An extent's owner
+        -(k + 1) names the k-th backup of `items` (whose seq is given here), so a chain of
+        new backups is indexed at once: thousands of backups cost a few commits, not four
+        each."""
+        out: list[BackupRecord] = []
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"next_seq", db=self._meta)
+            first = _SEQ.unpack(_unseal(b"next_seq", raw, "meta"))[0] if raw else 1
+            txn.put(b"next_seq", _seal(b"next_seq", _SEQ.pack(first + len(items))),
+                    db=self._meta)
+            for k, (record, objects, rows) in enumerate(items):
+                seq = first + k
+                for n, obj in objects:
+                    key = _OBJ_KEY.pack(seq, n)
+                    txn.put(key, _seal(key, _encode_object(obj)), db=self._objects)
+                count = 0
+                for offset, length, kind, owner, n, object_offset in rows:
+                    if owner < 0:
+                        owner = first - owner - 1
+                    key = _EXT_KEY.pack(seq, offset)
+                    txn.put(key, _seal(key, _EXT_VAL.pack(length, kind, owner, n,
+                                                          object_offset)), db=self._extents)
+                    count += 1
+                record = dataclasses.replace(record, seq=seq, status=STATUS_OK,
+                                             extent_count=count)
+                self._put_record(txn, record)
+                out.append(record)
+        return out
+
+    @_guarded
+    def extent_rows(self, seq: int, offset: int, limit: int
+                    ) -> list[tuple[int, int, int, int, int, int]]:
+        """Up to `limit` raw extent rows of backup `seq` from volume offset `offset` on (a
+        row starting there or after), as (offset, length, kind, owner seq, owner n, offset
+        in object): what an incremental's extents are merged from."""
+        out = []
+        prefix = _SEQ.pack(seq)
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self._extents)
+            ok = cursor.set_range(_EXT_KEY.pack(seq, offset))
+            while ok and len(out) < limit:
+                key = bytes(cursor.key())
+                if key[:4] != prefix:
+                    break
+                try:
+                    _seq, start = _EXT_KEY.unpack(key)
+                    length, kind, owner, n, object_offset = _EXT_VAL.unpack(
+                        _unseal(key, bytes(cursor.value()), "extent"))
+                except struct.error as exc:
+                    raise IndexCorrupt(f"unreadable extent row: {exc}") from None
+                out.append((start, length, kind, owner, n, object_offset))
+                ok = cursor.next()
+        return out
+
+    @_guarded
+    def data_bytes(self, seq: int) -> int:
+        """Bytes of data extents of backup `seq` (what is not holes or zero objects), summed
+        in one cursor walk without building spans."""
+        total = 0
+        prefix = _SEQ.pack(seq)
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self._extents)
+            ok = cursor.set_range(prefix)
+            while ok and bytes(cursor.key()[:4]) == prefix:
+                value = _unseal(bytes(cursor.key()), bytes(cursor.value()), "extent")
+                length, kind = _EXT_VAL.unpack_from(value)[:2]
+                if kind == KIND_DATA:
+                    total += length
+                ok = cursor.next()
+        return total
 
     @_guarded
     def finish_backup(self, record: BackupRecord) -> None:

@@ -5,7 +5,8 @@ complete when its `_metadata` exists; objects under a prefix without one are the
 interrupted backup, unless a live writer holds the volume's lease for it (`leases`: one that
 renews it). A backup whose lease is still there but no longer renewed is an orphan too; its
 lease is taken over before its objects are deleted, so its writer, should it come back, can
-no longer commit. Blocking code; documents are read and objects deleted in parallel worker
+no longer commit. `ls` shows the index's records (`listed`), which one listing of the store
+keeps current. Blocking code; documents are read and objects deleted in parallel worker
 threads.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from datetime import datetime
 
 from bakfs.catalog.discovery import (
     BackupRef,
@@ -22,7 +24,9 @@ from bakfs.catalog.discovery import (
     load_metadata,
     scan,
 )
+from bakfs.catalog.index import STATUS_OK, BackupRecord
 from bakfs.catalog.leases import LeaseInfo, drop, read_lease, take_over
+from bakfs.cinder import naming
 from bakfs.cinder.metadata import BackupMetadata
 from bakfs.errors import BakfsError
 from bakfs.store.base import ObjectInfo, ObjectStore
@@ -76,6 +80,79 @@ class BackupInfo:
             "codecs": self.codecs, "name": m.backup_name if m else None,
             "prefix": str(self.ref.prefix), "error": self.error,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One backup as `ls` shows it: from its index record, or (incomplete) its listing."""
+
+    backup_id: str
+    volume_id: str
+    started: datetime
+    kind: str  # full, incremental, unreadable or incomplete
+    prefix: str
+    size: int | None = None
+    stored_bytes: int = 0
+    data_objects: int = 0
+    codecs: tuple[str, ...] = ()
+    parent_id: str | None = None
+    created: str | None = None
+    name: str | None = None
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.kind != "incomplete"
+
+    @classmethod
+    def of_record(cls, record: BackupRecord) -> Entry:
+        ok = record.status == STATUS_OK
+        kind = ("unreadable" if not ok else "incremental" if record.parent_id else "full")
+        return cls(record.backup_id, record.volume_id,
+                   naming.parse_prefix(record.prefix).started_at, kind, record.prefix,
+                   size=record.size if ok else None, stored_bytes=record.stored_bytes,
+                   data_objects=record.object_count, codecs=record.codecs,
+                   parent_id=record.parent_id, created=record.created_at or None,
+                   name=record.name, error=None if ok else record.error or record.status)
+
+    @classmethod
+    def of_ref(cls, ref: BackupRef) -> Entry:
+        return cls(ref.backup_id, ref.volume_id, ref.started_at, "incomplete", str(ref.prefix),
+                   stored_bytes=ref.stored_bytes, data_objects=ref.data_objects)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "backup_id": self.backup_id, "volume_id": self.volume_id,
+            "parent_id": self.parent_id, "created": self.created,
+            "started": self.started.isoformat(), "kind": self.kind,
+            "complete": self.complete, "size": self.size, "data_objects": self.data_objects,
+            "stored_bytes": self.stored_bytes, "codecs": list(self.codecs), "name": self.name,
+            "prefix": self.prefix, "error": self.error,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """What `ls` prints; `stale` says why it may miss backups made elsewhere (or None)."""
+
+    backups: list[Entry]
+    stale: str | None = None
+
+
+def listed(records: list[BackupRecord], incomplete: list[BackupRef]) -> list[Entry]:
+    """Index records (and incomplete backups) in `ls` order: per volume, oldest first; a
+    parent before its child when they started within the same second."""
+    def order(record: BackupRecord) -> tuple[str, str, str, int, str]:
+        return (record.volume_id, record.timestamp, record.created_at, len(record.chain),
+                record.backup_id)
+
+    entries = [Entry.of_record(r) for r in sorted(records, key=order)]
+    if not incomplete:
+        return entries
+    entries += [Entry.of_ref(ref) for ref in incomplete]
+    rank = {e.backup_id: n for n, e in enumerate(entries)}
+    return sorted(entries, key=lambda e: (e.volume_id, e.prefix.rsplit("/", 2)[1],
+                                          rank[e.backup_id]))
 
 
 def survey(store: ObjectStore, volume_id: str | None = None) -> list[BackupInfo]:

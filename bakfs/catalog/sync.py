@@ -1,12 +1,18 @@
 """Keeping the LMDB index in step with the store: discover complete backups (their `_metadata`
-objects, Cinder-made ones included), resolve each one's incremental chain into an extent map
-and write it into the index; drop backups that left the store; rebuild from nothing on demand.
+objects, Cinder-made ones included), turn each one's incremental chain into an extent map and
+write it into the index; drop backups that left the store; rebuild from nothing on demand.
 
 A refresh is incremental: one listing of the store, then only backups that are new, or whose
-`_metadata` changed (etag and size), or whose ancestors changed, are (re)read. A backup whose
-chain cannot be resolved (missing parent, bad metadata) is catalogued as broken with the
-reason, so reading it fails with that reason instead of "not found". A backup this process
-has just committed is added without a listing (`Cataloguer.add`).
+`_metadata` changed (etag and size), or whose ancestors changed, are (re)read: a refresh with
+nothing new costs the listing alone. New `_metadata` documents are fetched N wide (the s3
+limiter, `s3.max_pool_connections`), several volumes at a time. A backup's extents are its
+parent's extents (read back from the index) overlaid with its own objects in one streaming
+merge, so an incremental costs its own objects, not its whole chain, and memory stays flat
+for any volume size. Small backups are written many to a transaction; a large one in
+bounded batches. A backup whose chain cannot be resolved (missing parent, bad metadata) is
+catalogued as broken with the reason, so reading it fails with that reason instead of "not
+found". A backup this process has just committed is added without a listing
+(`Cataloguer.add`).
 
 One backup never takes the others down: whatever its documents hold, or whatever the store
 answers for them (refused, missing, a key we lack), that backup is quarantined as broken
@@ -14,9 +20,10 @@ with the reason (logged when it is new or changed) and the refresh goes on. Only
 unreachable store (nothing would be right) and a damaged index (`IndexCorrupt`: the caller
 rebuilds it) end a refresh.
 
-Async orchestration over `bakfs.threads`: store calls in s3 threads, JSON parsing and the
-overlay in cpu threads, index writes in index threads, each a short transaction. Knows
-nothing of FUSE or of the LMDB schema's byte layout (that is `bakfs.catalog.index`).
+Async orchestration over `bakfs.threads`: store calls in s3 threads, the merge of a small
+backup in a cpu thread, index writes (and the merge of a large backup) in index threads,
+each a short transaction. Knows nothing of FUSE or of the LMDB schema's byte layout (that is
+`bakfs.catalog.index`).
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ import dataclasses
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from bakfs.catalog.discovery import BackupRef, find_backups, newest_per_id, parse_checked
+import trio
+
+from bakfs.catalog.discovery import BackupRef, find_backups, load_metadata, newest_per_id
 from bakfs.catalog.index import (
     BATCH_ROWS,
     KIND_DATA,
@@ -41,14 +50,23 @@ from bakfs.catalog.index import (
     Index,
 )
 from bakfs.cinder import naming
-from bakfs.cinder.chain import overlay
-from bakfs.cinder.metadata import BackupMetadata
+from bakfs.cinder.metadata import BackupMetadata, ObjectEntry, ObjectTable
 from bakfs.cinder.zeros import ZERO_DIGESTS
-from bakfs.errors import BakfsError, FormatError, IndexCorrupt, StoreRefused, StoreUnreachable
+from bakfs.errors import (
+    BadMetadata,
+    BakfsError,
+    FormatError,
+    IndexCorrupt,
+    StoreRefused,
+    StoreUnreachable,
+)
 from bakfs.store.base import ObjectStore
-from bakfs.threads import Bridge
+from bakfs.threads import Bridge, plain_errors
 
 log = logging.getLogger(__name__)
+
+Row = tuple[int, int, int, int, int, int]  # offset, length, kind, owner, n, offset in object
+VOLUMES_AT_ONCE = 8  # volumes whose new backups are fetched and indexed at the same time
 
 
 @dataclasses.dataclass
@@ -65,36 +83,145 @@ class RefreshResult:
         return dataclasses.asdict(self)
 
 
-def extent_rows(chain: Sequence[BackupMetadata], seqs: Sequence[int]
-                ) -> tuple[list[tuple[int, int, int, int, int, int]], int]:
-    """The index rows of the chain's overlay (pure CPU): data spans point at (owner seq,
-    position); holes and all-zero objects become zero-kind rows, adjacent ones merged.
-    Returns the rows and how many of the newest layer's objects are all zeros."""
-    position: dict[str, tuple[int, int]] = {}
-    for seq, layer in zip(seqs, chain, strict=True):
-        for n, entry in enumerate(layer.objects):
-            position[entry.name] = (seq, n)
-    rows: list[tuple[int, int, int, int, int, int]] = []
-    zero_names: set[str] = set()
-    for extent in overlay(chain):
-        entry = extent.entry
-        if entry is None:
-            kind, owner, n, inner = KIND_HOLE, NO_OWNER, 0, 0
-        elif ZERO_DIGESTS.is_zero(entry.length, entry.md5):
-            kind, owner, n, inner = KIND_ZERO, NO_OWNER, 0, 0
-            zero_names.add(entry.name)
-        else:
-            kind = KIND_DATA
-            owner, n = position[entry.name]
-            inner = extent.object_offset
-        if kind != KIND_DATA and rows and rows[-1][2] == kind:
-            last = rows[-1]
-            rows[-1] = (last[0], last[1] + extent.length, kind, owner, n, 0)
-            continue
-        rows.append((extent.offset, extent.length, kind, owner, n, inner))
-    own_zero = sum(1 for o in chain[-1].objects if o.name in zero_names
-                   or ZERO_DIGESTS.is_zero(o.length, o.md5))
-    return rows, own_zero
+def _clip(row: Row, start: int, end: int) -> Row:
+    offset, _length, kind, owner, n, inner = row
+    return (start, end - start, kind, owner, n,
+            inner + (start - offset) if kind == KIND_DATA else 0)
+
+
+def overlay_rows(base: Iterable[Row], layer: Iterable[Row], size: int) -> Iterator[Row]:
+    """One layer overlaid on the extents of the chain below it, as one streaming merge:
+    `base` tiles [0, size) in order, `layer` holds the new backup's objects in offset order
+    (not overlapping); where the layer has an object it wins, elsewhere the base shows
+    through (clipped). Adjacent holes or zero objects are merged into one row. Memory: one
+    row of each."""
+    rows = iter(base)
+    current: Row | None = next(rows, None)
+    position = 0
+    last: Row | None = None
+
+    def emit(row: Row) -> Iterator[Row]:
+        nonlocal last
+        if last is not None and row[2] != KIND_DATA and last[2] == row[2]:
+            last = (last[0], last[1] + row[1], row[2], last[3], last[4], 0)
+            return
+        if last is not None:
+            yield last
+        last = row
+
+    def base_until(end: int) -> Iterator[Row]:
+        nonlocal current, position
+        while position < end:
+            while current is not None and current[0] + current[1] <= position:
+                current = next(rows, None)
+            if current is None or current[0] > position:
+                raise IndexCorrupt(f"the parent's extents do not cover offset {position}")
+            piece = _clip(current, position, min(current[0] + current[1], end))
+            yield from emit(piece)
+            position = piece[0] + piece[1]
+
+    for row in layer:
+        yield from base_until(row[0])
+        yield from emit(row)
+        position = row[0] + row[1]
+    yield from base_until(size)
+    if last is not None:
+        yield last
+
+
+class Layer:
+    """A backup's own objects as extent rows in offset order (all-zero objects as zero rows,
+    never fetched), counting what the record says of them."""
+
+    def __init__(self, objects: ObjectTable, owner: int, size: int, what: str) -> None:
+        self.objects = objects
+        self.owner = owner
+        self.size = size
+        self.what = what
+        self.zero_objects = 0
+        self.data: list[tuple[int, ObjectEntry]] = []  # objects that need an index row
+
+    def rows(self) -> Iterator[Row]:
+        objects = self.objects
+        for n in objects.offset_order():
+            entry = objects[n]
+            if entry.end > self.size:
+                raise BadMetadata(f"{self.what}: object {entry.name} ends at {entry.end}, past "
+                                  f"the volume size {self.size}")
+            if ZERO_DIGESTS.is_zero(entry.length, entry.md5):
+                self.zero_objects += 1
+                if entry.length:
+                    yield (entry.offset, entry.length, KIND_ZERO, NO_OWNER, 0, 0)
+            elif entry.length:
+                self.data.append((n, entry))
+                yield (entry.offset, entry.length, KIND_DATA, self.owner, n, 0)
+
+
+def _small_rows(base: list[Row], objects: ObjectTable, owner: int, size: int, what: str
+                ) -> tuple[list[Row], Layer]:
+    """A small backup's extent rows, merged in memory (CPU work)."""
+    layer = Layer(objects, owner, size, what)
+    return list(overlay_rows(base, layer.rows(), size)), layer
+
+
+def _indexed_rows(index: Index, seq: int) -> Iterator[Row]:
+    """A backup's extent rows read back from the index, a batch per read transaction."""
+    offset = 0
+    while True:
+        batch = index.extent_rows(seq, offset, BATCH_ROWS)
+        yield from batch
+        if len(batch) < BATCH_ROWS:
+            return
+        offset = batch[-1][0] + 1
+
+
+def _index_large(index: Index, record: BackupRecord, objects: ObjectTable,
+                 parent_seq: int | None, what: str) -> BackupRecord:
+    """Index a large backup in bounded batches (blocking: an index thread): its objects, and
+    its parent's extents merged with them as they are read back. Status `building` until
+    the last transaction; dropped again if its objects turn out to be inconsistent."""
+    seq = index.begin_backup(record)
+    try:
+        layer = Layer(objects, seq, record.size, what)
+        base: Iterable[Row] = ([(0, record.size, KIND_HOLE, NO_OWNER, 0, 0)]
+                               if parent_seq is None else _indexed_rows(index, parent_seq))
+        out: list[Row] = []
+        count = data_bytes = 0
+        for row in overlay_rows(base, layer.rows(), record.size):
+            out.append(row)
+            count += 1
+            if row[2] == KIND_DATA:
+                data_bytes += row[1]
+            if len(out) == BATCH_ROWS:
+                index.add_extents(seq, out)
+                out = []
+            if len(layer.data) >= BATCH_ROWS:
+                index.add_numbered_objects(seq, layer.data)
+                layer.data.clear()
+        index.add_extents(seq, out)
+        index.add_numbered_objects(seq, layer.data)
+        record = dataclasses.replace(record, seq=seq, status=STATUS_OK, extent_count=count,
+                                     zero_objects=layer.zero_objects, data_bytes=data_bytes)
+        index.finish_backup(record)
+        return record
+    except BaseException:
+        index.drop_backup(record.backup_id)
+        raise
+
+
+@dataclasses.dataclass
+class _Volume:
+    """One volume's backups while its new ones are indexed: the listing, the fetched
+    `_metadata` documents (dropped once indexed) and the small backups waiting to be written
+    in one transaction (their rows kept for children indexed in the same batch)."""
+
+    ids: dict[str, BackupRef]
+    fetched: dict[str, trio.Event] = dataclasses.field(default_factory=dict)
+    documents: dict[str, BackupMetadata | BakfsError] = dataclasses.field(default_factory=dict)
+    batch: list[tuple[BackupRecord, list[tuple[int, ObjectEntry]], list[Row]]] = (
+        dataclasses.field(default_factory=list))
+    batch_rows: dict[str, tuple[int, list[Row]]] = dataclasses.field(default_factory=dict)
+    batch_size: int = 0
 
 
 class Cataloguer:
@@ -106,10 +233,13 @@ class Cataloguer:
         self.bridge = bridge
         self._reasons: dict[str, str | None] = {}  # why each backup was broken last time
 
-    async def refresh(self) -> RefreshResult:
+    async def refresh(self, listing: list[BackupRef] | None = None) -> RefreshResult:
+        """See the module docstring; `listing`: the complete backups, already listed."""
         started = time.monotonic()
         result = RefreshResult(rebuilt=self.index.rebuilt)
-        listed = newest_per_id(await self.bridge.run_s3(find_backups, self.store))
+        if listing is None:
+            listing = await self.bridge.run_s3(find_backups, self.store)
+        listed = newest_per_id(listing)
         by_id = {item.backup_id: item for item in listed}
         known = {r.backup_id: r
                  for r in await self.bridge.run_index(self.index.list_backups, None, True)}
@@ -133,92 +263,117 @@ class Cataloguer:
                 result.removed.append(bid)
         present = {bid: r for bid, r in known.items() if bid not in stale}
 
-        # Add the new ones volume by volume, parents before children.
-        for volume_id, items in _by_volume(listed):
-            memo: dict[str, BackupMetadata | BakfsError] = {}
-            volume_ids = {item.backup_id: item for item in items}
-            for item in items:
-                if item.backup_id not in present:
-                    await self._ensure(item, volume_ids, present, memo, result, [])
-            del memo
-            log.debug("index: volume %s done", volume_id)
+        # Add the new ones, several volumes at a time, parents before children.
+        slots = trio.Semaphore(VOLUMES_AT_ONCE)
+        with plain_errors():
+            async with trio.open_nursery() as nursery:
+                for _volume_id, items in _by_volume(listed):
+                    if any(item.backup_id not in present for item in items):
+                        await slots.acquire()
+                        nursery.start_soon(self._index_volume, items, present, result, slots)
         result.backups = sum(1 for r in present.values() if r.status == STATUS_OK)
         result.volumes = len({r.volume_id for r in present.values()})
         result.seconds = round(time.monotonic() - started, 3)
         return result
 
+    async def _index_volume(self, items: list[BackupRef], present: dict[str, BackupRecord],
+                            result: RefreshResult, slots: trio.Semaphore) -> None:
+        """Fetch the new `_metadata` of one volume N wide, then index them in order."""
+        try:
+            volume = _Volume({item.backup_id: item for item in items})
+            new = [item for item in items if item.backup_id not in present]
+            async with trio.open_nursery() as fetches:
+                for item in new:
+                    volume.fetched[item.backup_id] = trio.Event()
+                    fetches.start_soon(self._fetch, item, volume)
+                for item in new:
+                    await self._ensure(item, volume, present, result, [])
+                await self._flush(volume, present)
+            log.debug("index: volume %s done", items[0].volume_id)
+        finally:
+            slots.release()
+
     async def add(self, ref: BackupRef, metadata: BackupMetadata) -> BackupRecord:
         """Index a backup this process has just committed, without listing the store: its
-        ancestors come from the index (their `_metadata` is read again to overlay the
-        chain). Returns its record (status broken, with the reason, if its chain is)."""
+        parent comes from the index. Returns its record (status broken, with the reason, if
+        its chain is)."""
         known = {r.backup_id: r for r in
                  await self.bridge.run_index(self.index.list_backups, ref.volume_id, True)}
         if ref.backup_id in known:
             await self.bridge.run_index(self.index.drop_backup, ref.backup_id)
             del known[ref.backup_id]
-        volume_ids = {bid: BackupRef(naming.parse_prefix(r.prefix), fingerprint=r.fingerprint,
-                                     stored_bytes=r.stored_bytes)
-                      for bid, r in known.items()}
-        volume_ids[ref.backup_id] = ref
-        memo: dict[str, BackupMetadata | BakfsError] = {ref.backup_id: metadata}
-        return await self._ensure(ref, volume_ids, known, memo, RefreshResult(), [])
+        volume = _Volume({bid: BackupRef(naming.parse_prefix(r.prefix),
+                                         fingerprint=r.fingerprint, stored_bytes=r.stored_bytes)
+                          for bid, r in known.items()})
+        volume.ids[ref.backup_id] = ref
+        volume.documents[ref.backup_id] = metadata
+        volume.fetched[ref.backup_id] = trio.Event()
+        volume.fetched[ref.backup_id].set()
+        await self._ensure(ref, volume, known, RefreshResult(), [])
+        await self._flush(volume, known)
+        return known[ref.backup_id]
 
-    async def _metadata(self, item: BackupRef,
-                        memo: dict[str, BackupMetadata | BakfsError]) -> BackupMetadata:
-        cached = memo.get(item.backup_id)
-        if cached is None:
-            try:
-                raw = await self.bridge.run_s3(self.store.get, item.metadata_key)
-                cached = await self.bridge.run_cpu(parse_checked, raw, item)
-            except (FormatError, StoreRefused) as exc:  # this backup's problem only
-                cached = exc
-            memo[item.backup_id] = cached
-        if isinstance(cached, BakfsError):
-            raise cached
-        return cached
+    async def _fetch(self, item: BackupRef, volume: _Volume) -> None:
+        """GET and parse one `_metadata` (an s3 thread); an error is kept for its use."""
+        document: BackupMetadata | BakfsError
+        try:
+            document = await self.bridge.run_s3(load_metadata, self.store, item)
+        except BakfsError as exc:
+            document = exc
+        volume.documents[item.backup_id] = document
+        volume.fetched[item.backup_id].set()
 
-    async def _ensure(self, item: BackupRef, volume_ids: dict[str, BackupRef],
-                      present: dict[str, BackupRecord],
-                      memo: dict[str, BackupMetadata | BakfsError], result: RefreshResult,
-                      path: list[str]) -> BackupRecord:
+    async def _metadata(self, item: BackupRef, volume: _Volume) -> BackupMetadata:
+        event = volume.fetched.get(item.backup_id)
+        if event is None:  # not new (its record was dropped meanwhile): fetch it now
+            volume.fetched[item.backup_id] = event = trio.Event()
+            await self._fetch(item, volume)
+        await event.wait()
+        document = volume.documents.pop(item.backup_id)
+        if isinstance(document, BakfsError):
+            raise document
+        return document
+
+    async def _ensure(self, item: BackupRef, volume: _Volume, present: dict[str, BackupRecord],
+                      result: RefreshResult, path: list[str]) -> BackupRecord:
         """Index `item` (and first its missing ancestors); return its record."""
         if item.backup_id in present:
             return present[item.backup_id]
         base = BackupRecord(
             backup_id=item.backup_id, volume_id=item.prefix.volume_id, prefix=str(item.prefix),
             timestamp=item.prefix.timestamp, parent_id=None, created_at="", name=None,
-            description=None, size=0, chain=(item.backup_id,), fingerprint=item.fingerprint)
+            description=None, size=0, chain=(item.backup_id,), fingerprint=item.fingerprint,
+            stored_bytes=item.stored_bytes, object_count=item.data_objects)
         try:
             if item.backup_id in path:
                 raise FormatError(f"backup {item.backup_id} is its own ancestor")
-            metadata = await self._metadata(item, memo)
+            metadata = await self._metadata(item, volume)
             base = dataclasses.replace(
                 base, parent_id=metadata.parent_id, created_at=metadata.created_at,
                 name=metadata.backup_name, description=metadata.backup_description)
-            chain_records: list[BackupRecord] = []
+            parent: BackupRecord | None = None
             if metadata.parent_id is not None:
-                parent_item = volume_ids.get(metadata.parent_id)
+                parent_item = volume.ids.get(metadata.parent_id)
                 if parent_item is None:
                     raise FormatError(f"backup {item.backup_id} is an incremental of "
                                       f"{metadata.parent_id}, which is not in the store")
-                parent = await self._ensure(parent_item, volume_ids, present, memo, result,
+                parent = await self._ensure(parent_item, volume, present, result,
                                             [*path, item.backup_id])
                 if parent.status != STATUS_OK:
                     raise FormatError(f"backup {item.backup_id} stands on {parent.backup_id}, "
                                       f"which cannot be read: {parent.error}")
-                chain_records = [present[bid] for bid in parent.chain]
-            chain_items = [volume_ids[r.backup_id] for r in chain_records]
-            chain = [await self._metadata(i, memo) for i in chain_items] + [metadata]
+            objects = (metadata.objects if isinstance(metadata.objects, ObjectTable)
+                       else ObjectTable(metadata.objects))
             record = dataclasses.replace(
-                base, chain=(*(r.backup_id for r in chain_records), item.backup_id),
-                size=chain[0].covered_size, object_count=len(metadata.objects),
-                own_bytes=sum(o.length for o in metadata.objects),
-                stored_bytes=item.stored_bytes,
-                codecs=tuple(sorted({o.compression for o in metadata.objects})))
-            record = await self._write(record, chain, [r.seq for r in chain_records])
+                base, chain=(*(parent.chain if parent else ()), item.backup_id),
+                size=parent.size if parent else objects.end, object_count=len(objects),
+                own_bytes=objects.plain_bytes, stored_bytes=item.stored_bytes,
+                codecs=tuple(sorted(objects.codecs)))
+            record = await self._write(record, objects, parent, volume, present,
+                                       item.metadata_key)
         except (IndexCorrupt, StoreUnreachable):
             raise
-        except (FormatError, StoreRefused) as exc:
+        except (FormatError, StoreRefused) as exc:  # unreadable: this backup, not the store
             record = await self._quarantine(base, str(exc), result)
         except Exception as exc:  # a case no check foresaw: still this backup's alone
             record = await self._quarantine(
@@ -241,21 +396,45 @@ class Cataloguer:
         result.broken[base.backup_id] = reason
         return record
 
-    async def _write(self, record: BackupRecord, chain: list[BackupMetadata],
-                     ancestor_seqs: list[int]) -> BackupRecord:
-        seq = await self.bridge.run_index(self.index.begin_backup, record)
-        rows, own_zero = await self.bridge.run_cpu(extent_rows, chain, [*ancestor_seqs, seq])
-        objects = list(chain[-1].objects)
-        for start in range(0, len(objects), BATCH_ROWS):
-            await self.bridge.run_index(self.index.add_objects, seq, start,
-                                        objects[start:start + BATCH_ROWS])
-        for start in range(0, len(rows), BATCH_ROWS):
-            await self.bridge.run_index(self.index.add_extents, seq,
-                                        rows[start:start + BATCH_ROWS])
-        record = dataclasses.replace(record, seq=seq, status=STATUS_OK, extent_count=len(rows),
-                                     zero_objects=own_zero)
-        await self.bridge.run_index(self.index.finish_backup, record)
+    async def _write(self, record: BackupRecord, objects: ObjectTable,
+                     parent: BackupRecord | None, volume: _Volume,
+                     present: dict[str, BackupRecord], what: str) -> BackupRecord:
+        """Index one backup whose parent (if any) is indexed or in this volume's batch."""
+        small = len(objects) <= BATCH_ROWS and (parent is None
+                                                or parent.extent_count <= BATCH_ROWS)
+        if not small:
+            await self._flush(volume, present)  # the parent's rows must be in the index
+            parent_seq = present[parent.backup_id].seq if parent is not None else None
+            return await self.bridge.run_index(_index_large, self.index, record, objects,
+                                               parent_seq, what)
+        base: list[Row]
+        if parent is None:
+            base = [(0, record.size, KIND_HOLE, NO_OWNER, 0, 0)]
+        elif parent.backup_id in volume.batch_rows:
+            base = volume.batch_rows[parent.backup_id][1]
+        else:
+            base = await self.bridge.run_index(self.index.extent_rows, parent.seq, 0,
+                                               BATCH_ROWS + 1)
+        position = len(volume.batch)
+        rows, layer = await self.bridge.run_cpu(_small_rows, base, objects, -(position + 1),
+                                                record.size, what)
+        record = dataclasses.replace(
+            record, status=STATUS_OK, extent_count=len(rows), zero_objects=layer.zero_objects,
+            data_bytes=sum(r[1] for r in rows if r[2] == KIND_DATA))
+        volume.batch.append((record, layer.data, rows))
+        volume.batch_rows[record.backup_id] = (position, rows)
+        volume.batch_size += len(rows) + len(layer.data)
+        if volume.batch_size >= BATCH_ROWS:
+            await self._flush(volume, present)
         return record
+
+    async def _flush(self, volume: _Volume, present: dict[str, BackupRecord]) -> None:
+        """Write the volume's waiting small backups in one transaction."""
+        if not volume.batch:
+            return
+        batch, volume.batch, volume.batch_rows, volume.batch_size = volume.batch, [], {}, 0
+        for record in await self.bridge.run_index(self.index.put_backups, batch):
+            present[record.backup_id] = record
 
 
 def _by_volume(listed: list[BackupRef]) -> Iterator[tuple[str, list[BackupRef]]]:
@@ -265,18 +444,30 @@ def _by_volume(listed: list[BackupRef]) -> Iterator[tuple[str, list[BackupRef]]]
     yield from groups.items()
 
 
-async def open_index(path: str | Path, bridge: Bridge, *, wipe: bool = False) -> Index:
-    """Open (after wiping, for a rebuild) the index in an index thread."""
+async def open_index(path: str | Path, bridge: Bridge, *, wipe: bool = False,
+                     identity: str | None = None) -> Index:
+    """Open (after wiping, for a rebuild) the index in an index thread. With `identity`
+    (`bakfs.store.store_identity`), an index built for another store or another SSE-C key
+    is emptied first: what it says of backups another key cannot read would be wrong."""
     def opener() -> Index:
         if wipe:
             shutil.rmtree(path, ignore_errors=True)
-        return Index.open(path)
+        index = Index.open(path)
+        if identity is not None:
+            stored = index.get_meta(b"store")
+            if stored is not None and stored != identity.encode():
+                index.clear()
+                index.rebuilt = "it was built for another store or SSE-C key"
+            if stored != identity.encode():
+                index.set_meta(b"store", identity.encode())
+        return index
     index = await bridge.run_index(opener)
     if wipe:
         index.rebuilt = "a rebuild was asked for"
     return index
 
 
-async def refresh(store: ObjectStore, index: Index, bridge: Bridge) -> RefreshResult:
+async def refresh(store: ObjectStore, index: Index, bridge: Bridge,
+                  listing: list[BackupRef] | None = None) -> RefreshResult:
     """Bring the index in step with the store; see the module docstring."""
-    return await Cataloguer(store, index, bridge).refresh()
+    return await Cataloguer(store, index, bridge).refresh(listing)

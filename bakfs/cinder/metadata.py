@@ -8,7 +8,10 @@ relies on it. Numbers are bounded (`Limits`: offsets and lengths within the larg
 bakfs accepts, object lengths within the largest object), md5s are 32 hex digits, names are
 valid object keys and every text encodes as UTF-8. Whatever fails is a `BadMetadata` naming
 the document and the value, so the backup is quarantined and nothing else is disturbed.
-Pure code, no I/O.
+Both documents are written and read as streams of chunks (`iter_json`, `read_metadata`,
+`read_sha256file`), never whole: a 1 TiB volume's `_sha256file` is 2.4 GB of JSON. The
+objects of a `_metadata` are kept packed (`ObjectTable`) and the block digests in a
+`Digests` list that spills to a file. Pure code, no I/O of its own.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ import dataclasses
 import itertools
 import json
 import re
-from collections.abc import Sequence
+import uuid
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from typing import Any, overload
 
 from bakfs.cinder import codec
-from bakfs.cinder.extents import Digests
+from bakfs.cinder.extents import Digests, DigestWriter
+from bakfs.cinder.jsonstream import ObjectReader
 from bakfs.cinder.limits import Limits, current_limits
 from bakfs.errors import BadMetadata, UnsupportedCompression
 
@@ -59,6 +66,157 @@ class ObjectEntry:
                             "md5": self.md5, "offset": self.offset}}
 
 
+_NAME_RE = re.compile(r"(.*)-(\d{5,})", re.DOTALL)
+_MD5_RE = re.compile(r"[0-9a-f]{32}")
+
+
+class ObjectTable(Sequence[ObjectEntry]):
+    """A backup's data objects, packed: about 45 bytes an object instead of ~400 as
+    `ObjectEntry`s (a 16 TiB volume's `_metadata` lists 4 M objects). Names of the form
+    `<base>-NNNNN` keep their number only; anything else is kept as given. Append-only;
+    `end` is the furthest object end, `plain_bytes` the sum of the lengths."""
+
+    __slots__ = ("_base_ids", "_base_names", "_bases", "_codec_ids", "_codecs", "_lengths", "_md5s",
+                 "_numbers", "_odd", "_offsets", "end", "plain_bytes")
+
+    def __init__(self, entries: Iterable[ObjectEntry] = ()) -> None:
+        self._offsets = array("Q")
+        self._lengths = array("Q")
+        self._numbers = array("Q")
+        self._base_ids = array("I")
+        self._md5s = bytearray()
+        self._codec_ids = bytearray()
+        self._codecs: list[str] = []
+        self._bases: dict[str, int] = {}
+        self._base_names: list[str] = []
+        self._odd: dict[int, tuple[str | None, str | None]] = {}  # name, md5 as given
+        self.end = 0
+        self.plain_bytes = 0
+        for entry in entries:
+            self.append(entry)
+
+    def add(self, name: str, offset: int, length: int, compression: str, md5: str) -> None:
+        """Append one object (ValueError if offset or length do not fit 64 bits)."""
+        index = len(self._offsets)
+        try:
+            self._offsets.append(offset)
+            self._lengths.append(length)
+        except OverflowError:
+            del self._offsets[index:]
+            raise ValueError(f"object {name}: offset or length out of range") from None
+        odd_name: str | None = None
+        match = _NAME_RE.fullmatch(name)
+        if match is not None and f"{int(match[2]):05d}" == match[2]:
+            base = self._bases.get(match[1], -1)
+            if base < 0:
+                base = self._bases[match[1]] = len(self._base_names)
+                self._base_names.append(match[1])
+            self._base_ids.append(base)
+            self._numbers.append(int(match[2]))
+        else:
+            self._base_ids.append(0)
+            self._numbers.append(0)
+            odd_name = name
+        odd_md5: str | None = None
+        if _MD5_RE.fullmatch(md5):
+            self._md5s += bytes.fromhex(md5)
+        else:
+            self._md5s += bytes(16)
+            odd_md5 = md5
+        if odd_name is not None or odd_md5 is not None:
+            self._odd[index] = (odd_name, odd_md5)
+        if compression not in self._codecs:
+            self._codecs.append(compression)
+        self._codec_ids.append(self._codecs.index(compression))
+        self.end = max(self.end, offset + length)
+        self.plain_bytes += length
+
+    def append(self, entry: ObjectEntry) -> None:
+        self.add(entry.name, entry.offset, entry.length, entry.compression, entry.md5)
+
+    @property
+    def codecs(self) -> set[str]:
+        return set(self._codecs)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def duplicate_name(self) -> str | None:
+        """A name listed twice, if any. Numbered names that rise per base (every writer's)
+        are checked in one pass without memory; anything else falls back to a set."""
+        odd = [name for name, _md5 in self._odd.values() if name is not None]
+        if len(set(odd)) != len(odd):
+            return next(n for n in odd if odd.count(n) > 1)
+        last: dict[int, int] = {}
+        rising = True
+        for i, (base, number) in enumerate(zip(self._base_ids, self._numbers, strict=True)):
+            if i in self._odd and self._odd[i][0] is not None:
+                continue
+            if last.get(base, -1) >= number:
+                rising = False
+                break
+            last[base] = number
+        if rising:
+            return None
+        seen: set[tuple[int, int]] = set()
+        for i, pair in enumerate(zip(self._base_ids, self._numbers, strict=True)):
+            if i in self._odd and self._odd[i][0] is not None:
+                continue
+            if pair in seen:
+                return self[i].name
+            seen.add(pair)
+        return None
+
+    def offset_order(self) -> Sequence[int]:
+        """Positions in ascending offset: as listed when the list is (every writer's)."""
+        offsets = self._offsets
+        if all(a <= b for a, b in itertools.pairwise(offsets)):
+            return range(len(offsets))
+        return sorted(range(len(offsets)), key=offsets.__getitem__)
+
+    def _entry(self, i: int, bases: list[str]) -> ObjectEntry:
+        name: str | None = None
+        md5: str | None = None
+        odd = self._odd.get(i)
+        if odd is not None:
+            name, md5 = odd
+        if name is None:
+            name = f"{bases[self._base_ids[i]]}-{self._numbers[i]:05d}"
+        if md5 is None:
+            md5 = self._md5s[i * 16:i * 16 + 16].hex()
+        return ObjectEntry(name, self._offsets[i], self._lengths[i],
+                           self._codecs[self._codec_ids[i]], md5)
+
+    @overload
+    def __getitem__(self, index: int) -> ObjectEntry: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ObjectEntry]: ...
+    def __getitem__(self, index: int | slice) -> ObjectEntry | Sequence[ObjectEntry]:
+        bases = self._base_names
+        if isinstance(index, slice):
+            return [self._entry(i, bases) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._entry(index, bases)
+
+    def __iter__(self) -> Iterator[ObjectEntry]:
+        bases = self._base_names
+        for i in range(len(self)):
+            yield self._entry(i, bases)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or len(other) != len(self):
+            return False
+        return all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ObjectTable({len(self)} objects)"
+
+
 @dataclasses.dataclass(frozen=True)
 class BackupMetadata:
     """A backup's `_metadata` document. `extra_metadata` is kept only when present."""
@@ -67,7 +225,7 @@ class BackupMetadata:
     volume_id: str
     created_at: str
     parent_id: str | None
-    objects: tuple[ObjectEntry, ...]
+    objects: Sequence[ObjectEntry]  # an ObjectTable when parsed or written by bakfs
     backup_name: str | None = None
     backup_description: str | None = None
     volume_meta: str | None = None
@@ -77,15 +235,22 @@ class BackupMetadata:
     @property
     def covered_size(self) -> int:
         """End of the furthest object: the volume size for a full backup."""
+        if isinstance(self.objects, ObjectTable):
+            return self.objects.end
         return max((o.end for o in self.objects), default=0)
 
     def to_json(self) -> bytes:
+        return b"".join(self.iter_json())
+
+    def iter_json(self) -> Iterator[bytes]:
+        """The document as `json.dumps(sort_keys=True, indent=2)` writes it, in chunks, the
+        object list formatted a few thousand entries at a time."""
         doc: dict[str, Any] = {
             "backup_description": self.backup_description,
             "backup_id": self.backup_id,
             "backup_name": self.backup_name,
             "created_at": self.created_at,
-            "objects": [o.to_json() for o in self.objects],
+            "objects": None,
             "parent_id": self.parent_id,
             "version": self.version,
             "volume_id": self.volume_id,
@@ -93,7 +258,42 @@ class BackupMetadata:
         }
         if self.extra_metadata is not _ABSENT:
             doc["extra_metadata"] = self.extra_metadata
-        return _dump(doc)
+        head, tail = _split_around(doc, "objects")
+        yield head
+        if not self.objects:
+            yield b"[]"
+        else:
+            yield b"[\n    "
+            batch: list[str] = []
+            first = True
+            for entry in self.objects:
+                batch.append(_entry_json(entry))
+                if len(batch) == 4096:
+                    yield ((b"" if first else b",\n    ")
+                           + ",\n    ".join(batch).encode("ascii"))
+                    batch, first = [], False
+            if batch:
+                yield (b"" if first else b",\n    ") + ",\n    ".join(batch).encode("ascii")
+            yield b"\n  ]"
+        yield tail
+
+
+def _entry_json(o: ObjectEntry) -> str:
+    """One element of `objects` as json.dumps(indent=2) writes it at that depth."""
+    return (f"{{\n      {encode_basestring_ascii(o.name)}: {{\n"
+            f"        \"compression\": {encode_basestring_ascii(o.compression)},\n"
+            f"        \"length\": {int(o.length)},\n"
+            f"        \"md5\": {encode_basestring_ascii(o.md5)},\n"
+            f"        \"offset\": {int(o.offset)}\n      }}\n    }}")
+
+
+def _split_around(doc: dict[str, Any], key: str) -> tuple[bytes, bytes]:
+    """The dumped document before and after the value of `key` (a placeholder no other
+    value can contain)."""
+    placeholder = f"@{uuid.uuid4().hex}@"
+    text = _dump({**doc, key: placeholder})
+    head, tail = text.split(f'"{placeholder}"'.encode(), 1)
+    return head, tail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,25 +310,32 @@ class Sha256File:
     version: str = FORMAT_VERSION
 
     def to_json(self) -> bytes:
-        """As json.dumps(sort_keys=True, indent=2) would write it, without building a list of
-        millions of strings first: the hash list is spliced in as text."""
-        placeholder = "@SHA256S@"
-        head = _dump({
+        return b"".join(self.iter_json())
+
+    def iter_json(self) -> Iterator[bytes]:
+        """As json.dumps(sort_keys=True, indent=2) would write it, in chunks of ~2 MiB,
+        formatted by bytes.hex and str.replace (no Python string per block)."""
+        head, tail = _split_around({
             "backup_description": self.backup_description,
             "backup_id": self.backup_id,
             "backup_name": self.backup_name,
             "chunk_size": self.chunk_size,
             "created_at": self.created_at,
-            "sha256s": placeholder,
+            "sha256s": None,
             "version": self.version,
             "volume_id": self.volume_id,
-        })
-        if len(self.sha256s):
-            items = ",\n    ".join(f'"{h}"' for h in self.sha256s.hex_items())
-            listing = f"[\n    {items}\n  ]"
+        }, "sha256s")
+        yield head
+        if not len(self.sha256s):
+            yield b"[]"
         else:
-            listing = "[]"
-        return head.replace(f'"{placeholder}"'.encode(), listing.encode(), 1)
+            yield b'[\n    "'
+            separator = b'",\n    "'
+            for n, chunk in enumerate(self.sha256s.chunks()):
+                text = chunk.hex(",", 32).replace(",", '",\n    "').encode("ascii")
+                yield text if n == 0 else separator + text
+            yield b'"\n  ]'
+        yield tail
 
 
 def _dump(doc: dict[str, Any]) -> bytes:
@@ -153,26 +360,18 @@ def backup_documents(backup_id: str, volume_id: str, started_at: datetime,
     """The `_sha256file` and `_metadata` of a new backup, as a writer commits them."""
     created = created_at_text(started_at)
     sha_doc = Sha256File(backup_id, volume_id, created, block_size, hashes, name, description)
+    table = objects if isinstance(objects, ObjectTable) else ObjectTable(objects)
     metadata = BackupMetadata(
         backup_id=backup_id, volume_id=volume_id, created_at=created, parent_id=parent_id,
-        objects=tuple(objects), backup_name=name, backup_description=description,
+        objects=table, backup_name=name, backup_description=description,
         volume_meta=minimal_volume_meta(name, description))
     return sha_doc, metadata
 
 
-def _load(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadMetadata(f"{what} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadMetadata(f"{what} is nested too deeply to be a Cinder document") from None
-    if not isinstance(doc, dict):
-        raise BadMetadata(f"{what} is not a JSON object")
+def _check_version(doc: dict[str, Any], what: str) -> None:
     version = doc.get("version")
     if version != FORMAT_VERSION:
         raise BadMetadata(f"{what} has version {_shown(version)}; only {FORMAT_VERSION} exists")
-    return doc
 
 
 def _shown(value: object) -> str:
@@ -221,8 +420,8 @@ def check_key(name: object, what: str) -> str:
     return name
 
 
-def _entry(item: object, i: int, what: str, limits: Limits) -> ObjectEntry:
-    """One item of `objects`, every value checked and bounded."""
+def object_entry(item: object, i: int, what: str, limits: Limits) -> ObjectEntry:
+    """One element of `objects`, every value checked and bounded."""
     if not isinstance(item, dict) or len(item) != 1:
         raise BadMetadata(f"{what}: objects[{i}] is not a one-key object")
     ((name, info),) = item.items()
@@ -254,17 +453,46 @@ def _entry(item: object, i: int, what: str, limits: Limits) -> ObjectEntry:
                        md5=md5.lower())
 
 
+def _streamed_array(reader: ObjectReader, key: str, what: str) -> None:
+    """Refuse, as `_field` would, a streamed member that is not an array."""
+    if reader.peek() != "[":
+        value = reader.value()
+        raise BadMetadata(f"{what}: {key!r} has the wrong type ({type(value).__name__})")
+
+
 def parse_metadata(raw: bytes, what: str = "_metadata",
                    limits: Limits | None = None) -> BackupMetadata:
     """Parse and check a `_metadata` document; BadMetadata says what is wrong. `limits`
     default to the configured ones (`bakfs.cinder.limits.configure`)."""
+    return read_metadata([raw], what, limits)
+
+
+def read_metadata(chunks: Iterable[bytes | memoryview], what: str = "_metadata",
+                  limits: Limits | None = None) -> BackupMetadata:
+    """`parse_metadata` of a document given in chunks; its objects are read one at a time
+    into an ObjectTable, so memory follows the number of objects at ~45 bytes each."""
     limits = limits or current_limits()
-    doc = _load(raw, what)
-    objects = [_entry(item, i, what, limits)
-               for i, item in enumerate(_field(doc, "objects", list, what))]
+    objects = ObjectTable()
+    seen = []
+
+    def read_objects(reader: ObjectReader) -> None:
+        _streamed_array(reader, "objects", what)
+        seen.append(True)
+        for i, item in enumerate(reader.elements()):
+            entry = object_entry(item, i, what, limits)
+            try:
+                objects.append(entry)
+            except ValueError as exc:
+                raise BadMetadata(f"{what}: {exc}") from None
+
+    doc = ObjectReader(chunks, what).members({"objects": read_objects})
+    _check_version(doc, what)
+    if not seen:
+        raise BadMetadata(f"{what} has no 'objects'")
     _check_no_overlap(objects, what)
-    if len({o.name for o in objects}) != len(objects):
-        raise BadMetadata(f"{what} lists an object name twice")
+    twice = objects.duplicate_name()
+    if twice is not None:
+        raise BadMetadata(f"{what} lists object {_shown(twice)} twice")
     volume_meta = doc.get("volume_meta")
     if volume_meta is not None and not isinstance(volume_meta, str):
         try:
@@ -278,7 +506,7 @@ def parse_metadata(raw: bytes, what: str = "_metadata",
         created_at=_text(created_at if isinstance(created_at, str) else str(created_at),
                          "created_at", what),  # type: ignore[arg-type]
         parent_id=_text(doc.get("parent_id"), "parent_id", what, optional=True),
-        objects=tuple(objects),
+        objects=objects,
         backup_name=_text(doc.get("backup_name"), "backup_name", what, optional=True),
         backup_description=_text(doc.get("backup_description"), "backup_description", what,
                                  optional=True),
@@ -288,34 +516,86 @@ def parse_metadata(raw: bytes, what: str = "_metadata",
     )
 
 
-def _check_no_overlap(objects: Sequence[ObjectEntry], what: str) -> None:
-    """Objects of one backup never overlap; if they do the document cannot be trusted."""
-    ordered = sorted(objects, key=lambda o: o.offset)
-    for a, b in itertools.pairwise(ordered):
-        if b.offset < a.end:
+def _check_no_overlap(objects: ObjectTable, what: str) -> None:
+    """Objects of one backup never overlap; if they do the document cannot be trusted.
+    Objects in offset order (as every writer lists them) are checked without sorting."""
+    offsets, lengths = objects._offsets, objects._lengths
+    previous: int | None = None
+    for i in objects.offset_order():
+        if previous is not None and offsets[i] < offsets[previous] + lengths[previous]:
+            a, b = objects[previous], objects[i]
             raise BadMetadata(f"{what}: objects {a.name} and {b.name} overlap")
+        previous = i
 
 
 def parse_sha256file(raw: bytes, what: str = "_sha256file") -> Sha256File:
     """Parse and check a `_sha256file` document."""
-    doc = _load(raw, what)
-    chunk_size = _field(doc, "chunk_size", int, what)
-    if chunk_size <= 0:
-        raise BadMetadata(f"{what}: chunk_size {chunk_size} is not positive")
-    hashes = _field(doc, "sha256s", list, what)
-    if not all(isinstance(h, str) and len(h) == 64 for h in hashes):
-        raise BadMetadata(f"{what}: sha256s holds something that is not a SHA-256 hex digest")
+    return read_sha256file([raw], what)
+
+
+def read_sha256file(chunks: Iterable[bytes | memoryview], what: str = "_sha256file"
+                    ) -> Sha256File:
+    """`parse_sha256file` of a document given in chunks: the digests go straight into a
+    packed `Digests` list (spilled to a file when large), never into a list of strings."""
+    writer = DigestWriter()
+    seen = []
+
+    def read_digests(reader: ObjectReader) -> None:
+        _streamed_array(reader, "sha256s", what)
+        seen.append(True)
+        for piece in reader.array_pieces():
+            writer.append_flushing(_pack_digests(piece, what))
+
     try:
-        sha256s = Digests.from_hex(hashes)  # any digest, not only the first, may be bad
-    except ValueError:
-        raise BadMetadata(f"{what}: sha256s holds something that is not hexadecimal") from None
-    return Sha256File(
-        backup_id=_field(doc, "backup_id", str, what),
-        volume_id=_field(doc, "volume_id", str, what),
-        created_at=str(doc.get("created_at", "")),
-        chunk_size=chunk_size,
-        sha256s=sha256s,
-        backup_name=doc.get("backup_name"),
-        backup_description=doc.get("backup_description"),
-        version=doc["version"],
-    )
+        doc = ObjectReader(chunks, what).members({"sha256s": read_digests})
+        _check_version(doc, what)
+        if not seen:
+            raise BadMetadata(f"{what} has no 'sha256s'")
+        chunk_size = _field(doc, "chunk_size", int, what)
+        if chunk_size <= 0:
+            raise BadMetadata(f"{what}: chunk_size {chunk_size} is not positive")
+        return Sha256File(
+            backup_id=_field(doc, "backup_id", str, what),
+            volume_id=_field(doc, "volume_id", str, what),
+            created_at=str(doc.get("created_at", "")),
+            chunk_size=chunk_size,
+            sha256s=writer.finish(),
+            backup_name=doc.get("backup_name"),
+            backup_description=doc.get("backup_description"),
+            version=doc["version"],
+        )
+    except BaseException:
+        writer.close()
+        raise
+
+
+_HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+_STRIDE = 72  # '\n    "' + 64 hex digits + '",' : one element as Cinder and bakfs indent it
+
+
+def _pack_digests(piece: str, what: str) -> bytes:
+    """The digests of one piece of the `sha256s` array (elements between commas): checked by
+    position when laid out as json.dumps(indent=2) writes them, else element by element."""
+    raw = piece.rstrip().encode("ascii", "replace")
+    n = (len(raw) + 1) // _STRIDE
+    if n and len(raw) == _STRIDE * n - 1 and raw[0::_STRIDE] == b"\n" * n \
+            and all(raw[k::_STRIDE] == b" " * n for k in range(1, 5)) \
+            and raw[5::_STRIDE] == b'"' * n and raw[70::_STRIDE] == b'"' * n \
+            and raw[71::_STRIDE] == b"," * (n - 1):
+        hexes = raw.translate(None, b'\n ",')
+        if len(hexes) == 64 * n:
+            try:
+                return bytes.fromhex(hexes.decode("ascii"))
+            except ValueError:
+                pass  # not hexadecimal: the slow path says so
+    try:
+        items = json.loads(f"[{piece}]") if piece.strip() else None
+    except json.JSONDecodeError as exc:
+        raise BadMetadata(f"{what} is not valid JSON: {exc}") from None
+    if not items:
+        raise BadMetadata(f"{what} is not valid JSON: an empty element in sha256s")
+    if not all(isinstance(h, str) and len(h) == 64 for h in items):
+        raise BadMetadata(f"{what}: sha256s holds something that is not a SHA-256 hex digest")
+    if not all(_HEX_DIGEST.fullmatch(h) for h in items):
+        raise BadMetadata(f"{what}: sha256s holds something that is not hexadecimal")
+    return bytes.fromhex("".join(items))

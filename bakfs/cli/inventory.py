@@ -9,23 +9,30 @@ import sys
 
 import trio
 
-from bakfs.catalog.discovery import find_backup, load_chain
+from bakfs.catalog.discovery import find_backup, load_chain, scan
 from bakfs.catalog.front import Catalog
+from bakfs.catalog.inventory import (
+    Listing,
+    incomplete,
+    listed,
+    remove_orphans,
+)
 from bakfs.catalog.inventory import delete as remove_backup
-from bakfs.catalog.inventory import incomplete, remove_orphans, survey
 from bakfs.catalog.sync import RefreshResult, open_index
 from bakfs.cinder import record as cinder_record
 from bakfs.cli.progress import human_bytes
 from bakfs.config import Config
 from bakfs.read.verify import verify
-from bakfs.store import open_store
+from bakfs.store import open_store, store_identity
+from bakfs.store.base import ObjectStore
 from bakfs.threads import Bridge
-from bakfs.tsm.records import list_records
+from bakfs.tsm.records import TsmRecord, list_records
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     if args.command == "ls":
-        return list_backups(config, args.volume, show_all=args.all, as_json=args.json)
+        return list_backups(config, args.volume, show_all=args.all, as_json=args.json,
+                            cached=args.cached)
     if args.command == "verify":
         return verify_backup(config, args.backup_id, deep=args.deep)
     if args.command == "delete":
@@ -57,13 +64,17 @@ def export_record(config: Config, backup_id: str, as_json: bool = False) -> int:
     return 0
 
 
-def list_backups(config: Config, volume_id: str | None, show_all: bool, as_json: bool) -> int:
+def list_backups(config: Config, volume_id: str | None, show_all: bool, as_json: bool,
+                 cached: bool = False) -> int:
+    tsm: list[TsmRecord] = []
     store = open_store(config)
     try:
-        backups = [b for b in survey(store, volume_id) if show_all or b.complete]
-        tsm = list_records(store, volume_id)  # backups kept in TSM, listed beside S3 ones
+        listing = trio.run(catalogue, config, store, volume_id, show_all, cached)
+        if not cached:
+            tsm = list_records(store, volume_id)  # backups kept in TSM, listed beside S3 ones
     finally:
         store.close()
+    backups = listing.backups
     if as_json:
         print(json.dumps([b.as_dict() for b in backups] + [
             {"backup_id": r.backup_id, "volume_id": r.volume_id, "kind": f"tsm-{r.mode}",
@@ -78,21 +89,47 @@ def list_backups(config: Config, volume_id: str | None, show_all: bool, as_json:
         print(f"no backups in {store.description}" + (f" for volume {volume_id}"
                                                       if volume_id else ""))
         return 0
+    lines = []
     volume = None
     for b in backups:
-        if b.ref.volume_id != volume:
-            volume = b.ref.volume_id
-            print(f"volume {volume}")
-            print(f"  {'BACKUP':<36}  {'STARTED (UTC)':<19}  {'KIND':<11}  {'SIZE':>10}  "
-                  f"{'STORED':>10}  {'OBJECTS':>7}  {'CODEC':<9}  PARENT")
-        d = b.as_dict()
+        if b.volume_id != volume:
+            volume = b.volume_id
+            lines.append(f"volume {volume}")
+            lines.append(f"  {'BACKUP':<36}  {'STARTED (UTC)':<19}  {'KIND':<11}  {'SIZE':>10}  "
+                         f"{'STORED':>10}  {'OBJECTS':>7}  {'CODEC':<9}  PARENT")
         size = human_bytes(b.size) if b.size is not None else "?"
-        print(f"  {b.ref.backup_id:<36}  {b.ref.started_at:%Y-%m-%d %H:%M:%S}  {b.kind:<11}  "
-              f"{size:>10}  {human_bytes(b.stored_bytes):>10}  {d['data_objects']:>7}  "
-              f"{','.join(b.codecs) or '-':<9}  {d['parent_id'] or '-'}")
+        lines.append(f"  {b.backup_id:<36}  {b.started:%Y-%m-%d %H:%M:%S}  {b.kind:<11}  "
+                     f"{size:>10}  {human_bytes(b.stored_bytes):>10}  {b.data_objects:>7}  "
+                     f"{','.join(b.codecs) or '-':<9}  {b.parent_id or '-'}")
         if b.error:
-            print(f"      cannot read its metadata: {b.error}")
+            lines.append(f"      cannot read its metadata: {b.error}")
+    if listing.stale:
+        lines.append(f"(from the local index as of its last refresh; {listing.stale})")
+    print("\n".join(lines))
     return 0
+
+
+async def catalogue(config: Config, store: ObjectStore, volume_id: str | None,
+                    show_all: bool, cached: bool) -> Listing:
+    """The backups `ls` shows: the index's records, after one listing of the store brought
+    it up to date (only new backups' `_metadata` are read), or as they are (`cached`)."""
+    bridge = Bridge.from_config(config)
+    index = await open_index(config.index.path, bridge, identity=store_identity(config))
+    try:
+        catalog = Catalog(store, index, bridge)
+        refs = []
+        stale = None
+        if cached and not index.rebuilt:
+            stale = "--cached"
+        else:
+            refs = await bridge.run_s3(scan, store)
+            await catalog.refresh([r for r in refs if r.complete])
+        records = await catalog.list_backups(volume_id)
+    finally:
+        await bridge.run_index(index.close)
+    incomplete = [r for r in refs if not r.complete and show_all
+                  and (volume_id is None or r.volume_id == volume_id)]
+    return Listing(listed(records, incomplete), stale)
 
 
 def verify_backup(config: Config, backup_id: str, deep: bool) -> int:
@@ -167,7 +204,8 @@ def index_command(config: Config, action: str, as_json: bool) -> int:
         bridge = Bridge.from_config(config)
         store = open_store(config)
         try:
-            index = await open_index(config.index.path, bridge, wipe=action == "rebuild")
+            index = await open_index(config.index.path, bridge, wipe=action == "rebuild",
+                                     identity=store_identity(config))
             try:
                 return await Catalog(store, index, bridge).refresh(check=True)
             finally:

@@ -111,10 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = commands.add_parser("ls", help="list volumes and their backups",
                              description="List the complete backups in the store (Cinder-made "
-                                         "ones included), oldest first per volume.")
+                                         "ones included), oldest first per volume. The "
+                                         "answer comes from the local index after one "
+                                         "listing of the store (backups new since are read "
+                                         "and indexed first).")
     ls.add_argument("volume", nargs="?", metavar="VOLUME", help="only this volume")
     ls.add_argument("--all", action="store_true",
                     help="also show incomplete backups (orphans for `bakfs gc`)")
+    ls.add_argument("--cached", action="store_true",
+                    help="answer from the local index alone, without asking the store (backups "
+                         "made elsewhere since the last refresh, and TSM backups, are not "
+                         "shown)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
     verify = commands.add_parser(

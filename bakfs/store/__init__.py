@@ -5,6 +5,7 @@ recorded length, md5 and codec."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from bakfs.config import Config
@@ -12,7 +13,8 @@ from bakfs.store.base import ObjectInfo, ObjectStore, describe_local, describe_s
 from bakfs.store.localdir import LocalStore
 from bakfs.store.opening import OpeningStore
 
-__all__ = ["ObjectInfo", "ObjectStore", "describe_store", "open_store", "open_store_in_background"]
+__all__ = ["ObjectInfo", "ObjectStore", "describe_store", "open_store", "open_store_in_background",
+           "store_identity"]
 
 
 def open_store(config: Config) -> ObjectStore:
@@ -33,6 +35,16 @@ def describe_store(config: Config) -> str:
     if config.uses_s3:
         return describe_s3(config.s3.bucket, config.s3.endpoint_url)
     return describe_local(Path(config.local.path) / config.s3.bucket)
+
+
+def store_identity(config: Config) -> str:
+    """Names the bucket and SSE-C key an index was built for (a digest: no secret in it).
+    The endpoint is left out: one store is often reached under several names."""
+    key = config.s3.sse_customer_key.reveal() if config.s3.sse_enabled else ""
+    assert key is not None
+    where = "s3" if config.uses_s3 else f"local {config.local.path}"
+    text = f"{where}\0{config.s3.bucket}\0{key}".encode()
+    return hashlib.sha256(text).hexdigest()[:32]
 
 
 def open_store_in_background(config: Config) -> OpeningStore:

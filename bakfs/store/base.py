@@ -8,7 +8,7 @@ StoreError subclasses (mapped once, inside the store), never as a library's own 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Protocol
 
@@ -44,6 +44,12 @@ class ObjectStore(Protocol):
         (unquoted; None if the store gives none). With `if_absent` the put fails with
         AlreadyExists when the key exists; with `if_match` it fails with AlreadyExists
         unless the object's current etag is that one. Both are atomic."""
+        ...
+
+    def put_stream(self, key: str, chunks: Iterable[bytes | memoryview]) -> ObjectInfo:
+        """Store the concatenated chunks under `key` without holding them all (a document
+        of several GB: S3 multipart upload, each part with its Content-MD5); returns its
+        size and etag."""
         ...
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:

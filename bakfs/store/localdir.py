@@ -17,7 +17,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -104,6 +104,35 @@ class LocalStore:
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise _os_error(exc, f"write {key} to {self.description}", key) from exc
+
+    def put_stream(self, key: str, chunks: Iterable[bytes | memoryview]) -> ObjectInfo:
+        """Chunks written to a temp file as they come, md5 summed on the way, then renamed
+        into place (atomic, as `put`)."""
+        target = self._file(key)
+        temp = target.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+        digest = hashlib.md5(usedforsecurity=False)
+        size = 0
+        try:
+            if not self.path.is_dir():
+                raise ObjectMissing(f"{self.description} does not exist", key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(temp, "xb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                f.flush()
+                self._set_md5(f.fileno(), digest.hexdigest())
+                os.fsync(f.fileno())
+            os.replace(temp, target)
+            _fsync_dir(target.parent)
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise _os_error(exc, f"write {key} to {self.description}", key) from exc
+        finally:
+            temp.unlink(missing_ok=True)
+        return ObjectInfo(key, size, None, digest.hexdigest() if self._xattrs else None)
 
     def _replace_if_match(self, temp: Path, target: Path, etag: str, key: str) -> None:
         """Compare-and-swap under an exclusive lock on the bucket directory (local writers

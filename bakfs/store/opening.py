@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from bakfs.store.base import CHUNK, ObjectInfo, ObjectStore
 from bakfs.threads import Background
@@ -107,6 +107,9 @@ class OpeningStore:
     def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False,
             if_match: str | None = None, md5: bytes | None = None) -> str | None:
         return self.wait().put(key, data, if_absent=if_absent, if_match=if_match, md5=md5)
+
+    def put_stream(self, key: str, chunks: Iterable[bytes | memoryview]) -> ObjectInfo:
+        return self.wait().put_stream(key, chunks)
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         return self.wait().get(key, byte_range)

@@ -13,7 +13,7 @@ import random
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,6 +50,9 @@ class CountingStore:
     def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False,
             if_match: str | None = None, md5: bytes | None = None) -> str | None:
         return self.inner.put(key, data, if_absent=if_absent, if_match=if_match, md5=md5)
+
+    def put_stream(self, key: str, chunks: Iterable[bytes | memoryview]) -> ObjectInfo:
+        return self.inner.put_stream(key, chunks)
 
     def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         with self._lock:

@@ -8,6 +8,7 @@ import pytest
 
 from bakfs.errors import AlreadyExists, ChecksumMismatch, ObjectMissing
 from bakfs.store.base import ObjectStore
+from bakfs.store.streams import read_pieces
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -97,3 +98,20 @@ def test_put_if_match_swaps_only_the_expected_version(store: ObjectStore) -> Non
         store.put("lease", b"v3", if_match=etag)  # v1's etag no longer matches
     assert store.get("lease") == b"v2"
     assert [i.etag for i in store.list("lease")] == [store.head("lease").etag]
+
+
+@pytest.mark.parametrize("size", [0, 1000, (16 << 20) + 12345])
+def test_a_stream_is_stored_whole_and_read_back_in_pieces(store: ObjectStore,
+                                                          size: int) -> None:
+    """put_stream takes a document in chunks (S3: one PUT when it fits a part, else a
+    multipart upload, each part with its Content-MD5); read_pieces gives it back a few MiB
+    at a time."""
+    key = "volume_v/20260101000000/az_nova_backup_b_sha256file"
+    data = hashlib.sha256(b"seed").digest() * (size // 32) + b"t" * (size % 32)
+    chunks = [data[i:i + 3_000_000] for i in range(0, len(data), 3_000_000)]
+    info = store.put_stream(key, iter(chunks))
+    assert info.size == size
+    assert store.head(key).size == size
+    pieces = list(read_pieces(store, key, piece=4 << 20))
+    assert b"".join(pieces) == data
+    assert all(len(p) <= 4 << 20 for p in pieces)

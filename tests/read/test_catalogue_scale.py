@@ -1,0 +1,202 @@
+"""A catalogue of 2,000 backups on radosgw, the CI size of an operator's 10,000: the index is
+built with metadata GETs N wide (each `_metadata` read once), a refresh with nothing new is
+the listing alone, a refresh after changes reads only the new documents and drops the gone
+ones, `bakfs ls` answers from the index (`--cached`: without the store), and a mount lists a
+volume of 1,000 backups from its tree."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trio
+
+from bakfs.backup.simple import write_backup
+from bakfs.catalog.discovery import BackupRef
+from bakfs.catalog.inventory import delete
+from bakfs.catalog.sync import open_index, refresh
+from bakfs.cinder import naming
+from bakfs.cinder.codec import compress, md5_hex
+from bakfs.cinder.extents import Digests
+from bakfs.cinder.metadata import ObjectEntry, backup_documents
+from bakfs.config import S3Options
+from bakfs.store.base import ObjectInfo, ObjectStore
+from bakfs.store.s3 import S3Store
+from bakfs.threads import Bridge
+from tests.conftest import S3Server, empty_bucket
+from tests.mount.fixtures import Mount, base_env
+
+BIG_VOLUME = "vol-many"
+VOLUMES = 100  # besides the big one, each with a full and 9 incrementals
+POOL = 6  # s3.max_pool_connections of the refreshes below
+OPTIONS = S3Options(object_size=4096, block_size=4096, compression="zstd")  # type: ignore[arg-type]
+EPOCH = datetime(2026, 11, 1, tzinfo=UTC)
+BLOCK_DATA = b"v" * 4096
+
+
+class MeteredStore:
+    """The real store, counting `_metadata` GETs and how many run at once."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.metadata_gets: collections.Counter[str] = collections.Counter()
+        self.lists = 0
+        self.running = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    @property
+    def description(self) -> str:
+        return self.inner.description
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            if key.endswith("_metadata"):
+                self.metadata_gets[key] += 1
+        try:
+            return self.inner.get(key, byte_range)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def head(self, key: str) -> ObjectInfo:
+        return self.inner.head(key)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        self.lists += 1
+        return self.inner.list(prefix)
+
+    def reset(self) -> None:
+        self.metadata_gets.clear()
+        self.lists = self.most = 0
+
+
+def _put_backup(store: S3Store, volume_id: str, n: int, parent: BackupRef | None
+                ) -> BackupRef:
+    """Backup n of a 4 KiB volume: a full one (one data object), or an incremental of
+    `parent` that changed nothing (its two documents only), written as a writer would."""
+    prefix = naming.make_prefix(volume_id, f"{volume_id}-b{n:04d}",
+                                EPOCH + timedelta(seconds=n))
+    objects = []
+    if parent is None:
+        key = naming.object_name(prefix, 1)
+        stored, codec = compress(BLOCK_DATA, "zstd")
+        store.put(key, stored)
+        objects.append(ObjectEntry(key, 0, len(BLOCK_DATA), codec, md5_hex(BLOCK_DATA)))
+    sha, metadata = backup_documents(
+        prefix.backup_id, volume_id, prefix.started_at,
+        parent.backup_id if parent else None, objects, 4096,
+        Digests(hashlib.sha256(BLOCK_DATA).digest()), None, None)
+    store.put(naming.sha256file_name(prefix), sha.to_json())
+    store.put(naming.metadata_name(prefix), metadata.to_json())
+    return BackupRef(prefix)
+
+
+def _volume(store: S3Store, volume_id: str, count: int, chained: bool) -> list[BackupRef]:
+    """`count` backups of one volume: a full and a chain of incrementals, or (not chained)
+    a full and incrementals all standing on it."""
+    refs = [_put_backup(store, volume_id, 0, None)]
+    for n in range(1, count):
+        refs.append(_put_backup(store, volume_id, n, refs[-1] if chained else refs[0]))
+    return refs
+
+
+@pytest.fixture(scope="module")
+def catalogue(rgw: S3Server) -> Iterator[tuple[S3Store, dict[str, list[BackupRef]]]]:
+    store = S3Store(rgw.options(f"bakfs-scale-{os.urandom(5).hex()}",
+                                max_pool_connections=16))
+    store.ensure_bucket()
+    try:
+        jobs = [(BIG_VOLUME, 1000, False)] + [(f"vol-{i:03d}", 10, True)
+                                              for i in range(VOLUMES)]
+        with ThreadPoolExecutor(16) as pool:
+            made = list(pool.map(lambda job: (job[0], _volume(store, *job)), jobs))
+        yield store, dict(made)
+    finally:
+        empty_bucket(store)
+        store.close()
+
+
+def _refresh(store: ObjectStore, path: Path) -> tuple[list[str], list[str], int]:
+    async def main() -> tuple[list[str], list[str], int]:
+        bridge = Bridge.create(s3_threads=POOL)
+        index = await open_index(path, bridge)
+        try:
+            result = await refresh(store, index, bridge)
+        finally:
+            await bridge.run_index(index.close)
+        return result.added, result.removed, result.backups
+    return trio.run(main)
+
+
+def _ls(env: dict[str, str], *args: str) -> list[dict[str, object]]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
+    result = subprocess.run([sys.executable, "-m", "bakfs", "ls", "--json", *args],
+                            env={**clean, **env}, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_two_thousand_backups(catalogue: tuple[S3Store, dict[str, list[BackupRef]]],
+                              rgw: S3Server, tmp_path: Path, start_mount: object) -> None:
+    store, made = catalogue
+    total = sum(len(refs) for refs in made.values())
+    assert total == 2000
+    metered = MeteredStore(store)
+    index = tmp_path / "index"
+
+    added, removed, backups = _refresh(metered, index)  # an empty index
+    assert backups == total and len(added) == total and not removed
+    assert len(metered.metadata_gets) == total and set(metered.metadata_gets.values()) == {1}
+    assert 1 < metered.most <= POOL  # N wide, bounded by the s3 limiter
+
+    metered.reset()
+    assert _refresh(metered, index) == ([], [], total)
+    assert not metered.metadata_gets and metered.most == 0  # the listing alone
+    assert metered.lists == 1
+
+    # three backups leave (the newest of three chains), two arrive
+    gone = [made[f"vol-{i:03d}"][-1] for i in range(3)]
+    for ref in gone:
+        delete(store, ref.backup_id)
+    new = [write_backup(store, io.BytesIO(b"w" * 4096), volume_id, OPTIONS,
+                        parent=made[volume_id][-1], now=EPOCH + timedelta(hours=1))
+           for volume_id in ("vol-050", "vol-051")]
+    metered.reset()
+    added, removed, backups = _refresh(metered, index)
+    assert sorted(added) == sorted(r.backup_id for r in new)
+    assert sorted(removed) == sorted(r.backup_id for r in gone)
+    assert sorted(metered.metadata_gets) == sorted(r.metadata_key for r in new)
+    assert backups == total - 1
+
+    # `bakfs ls` answers from this index after one listing; --cached without the store
+    env = {**rgw.env(store.bucket), "BAKFS_INDEX_PATH": str(index)}
+    listed = _ls(env)
+    assert len(listed) == total - 1 and all(b["kind"] in ("full", "incremental")
+                                            for b in listed)
+    assert [b["backup_id"] for b in listed if b["volume_id"] == "vol-050"][-1] == \
+        new[0].backup_id
+    down = {**env, "BAKFS_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+            "BAKFS_S3_RETRY_MAX_ATTEMPTS": "1", "BAKFS_S3_TIMEOUT": "2"}
+    assert _ls(down, "--cached", BIG_VOLUME) == _ls(env, BIG_VOLUME)
+
+    # a mount on this index shows the volume of 1,000 backups from its tree at once
+    mount_env = {**base_env(rgw, store.bucket, tmp_path), "BAKFS_INDEX_PATH": str(index),
+                 "BAKFS_INDEX_REFRESH_INTERVAL": "3600"}
+    mount: Mount = start_mount(mount_env)  # type: ignore[operator]
+    names = os.listdir(mount.path / BIG_VOLUME)
+    assert len(names) == 1001 and "latest" in names
+    assert len([n for n in os.listdir(mount.path) if n.startswith("vol-")]) == VOLUMES + 1
