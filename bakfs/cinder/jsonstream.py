@@ -97,6 +97,9 @@ class ObjectReader:
                 if len(self._text) - self._pos < MAX_MEMBER and self._more():
                     continue
                 raise BadMetadata(f"{self.what} is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise BadMetadata(f"{self.what} is nested too deeply to be a Cinder "
+                                  "document") from None
             # a value must be followed by something (',', ']' or '}'): a number or a
             # literal cut at the end of a chunk would otherwise be read short
             if end < len(self._text) or self._eof:

@@ -67,7 +67,7 @@ class ObjectEntry:
 
 
 _NAME_RE = re.compile(r"(.*)-(\d{5,})", re.DOTALL)
-_MD5_RE = re.compile(r"[0-9a-f]{32}")
+_PACKABLE_MD5_RE = re.compile(r"[0-9a-f]{32}")  # stored as 16 bytes; else kept as text
 
 
 class ObjectTable(Sequence[ObjectEntry]):
@@ -118,7 +118,7 @@ class ObjectTable(Sequence[ObjectEntry]):
             self._numbers.append(0)
             odd_name = name
         odd_md5: str | None = None
-        if _MD5_RE.fullmatch(md5):
+        if _PACKABLE_MD5_RE.fullmatch(md5):
             self._md5s += bytes.fromhex(md5)
         else:
             self._md5s += bytes(16)
@@ -592,6 +592,8 @@ def _pack_digests(piece: str, what: str) -> bytes:
         items = json.loads(f"[{piece}]") if piece.strip() else None
     except json.JSONDecodeError as exc:
         raise BadMetadata(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadMetadata(f"{what} is nested too deeply to be a Cinder document") from None
     if not items:
         raise BadMetadata(f"{what} is not valid JSON: an empty element in sha256s")
     if not all(isinstance(h, str) and len(h) == 64 for h in items):
