@@ -264,10 +264,12 @@ class Catalog:
 
 @contextlib.asynccontextmanager
 async def open_catalog(index_path: str | Path, store: ObjectStore, bridge: Bridge, *,
-                       refresh: bool = False) -> AsyncIterator[Catalog]:
+                       refresh: bool = False, identity: str | None = None
+                       ) -> AsyncIterator[Catalog]:
     """The catalogue of `store` on the index at `index_path`, refreshed from the store at
-    once when asked or when the index was just (re)created."""
-    index = await sync.open_index(index_path, bridge)
+    once when asked or when the index was just (re)created. `identity` (see
+    `sync.open_index`) empties an index that was built for another bucket or SSE-C key."""
+    index = await sync.open_index(index_path, bridge, identity=identity)
     try:
         catalog = Catalog(store, index, bridge)
         if refresh or index.rebuilt:

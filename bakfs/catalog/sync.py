@@ -456,8 +456,7 @@ async def open_index(path: str | Path, bridge: Bridge, *, wipe: bool = False,
         if identity is not None:
             stored = index.get_meta(b"store")
             if stored is not None and stored != identity.encode():
-                index.clear()
-                index.rebuilt = "it was built for another store or SSE-C key"
+                index.reset("it was built for another store or SSE-C key")
             if stored != identity.encode():
                 index.set_meta(b"store", identity.encode())
         return index

@@ -31,7 +31,7 @@ from bakfs.cinder.extents import Digests
 from bakfs.cinder.metadata import Sha256File, parse_sha256file
 from bakfs.config import Config
 from bakfs.errors import BadMetadata, TargetError
-from bakfs.store import open_store
+from bakfs.store import open_store, store_identity
 from bakfs.store.base import ObjectStore
 from bakfs.threads import Bridge, plain_errors
 
@@ -255,7 +255,8 @@ async def verify_device_with(config: Config, backup_id: str, target_path: str, *
     if store is None:
         store = await bridge.run_s3(open_store, config)
     try:
-        async with open_catalog(config.index.path, store, bridge) as catalog:
+        async with open_catalog(config.index.path, store, bridge,
+                                identity=store_identity(config)) as catalog:
             record = await catalog.find(backup_id)
             sha = await fetch_sha256file(catalog, record)
             target = await bridge.run_disk(functools.partial(open_device_target, target_path,

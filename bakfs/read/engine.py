@@ -30,7 +30,7 @@ from bakfs.config import Config
 from bakfs.errors import BakfsError
 from bakfs.read.cache import ChunkCache
 from bakfs.read.readahead import MIN_WINDOW, ReadAhead
-from bakfs.store import open_store
+from bakfs.store import open_store, store_identity
 from bakfs.store.base import ObjectStore
 from bakfs.threads import Bridge, plain_errors
 
@@ -146,7 +146,8 @@ async def open_engine(config: Config, store: ObjectStore | None = None, *,
     if store is None:
         store = await bridge.run_s3(open_store, config)
     try:
-        async with open_catalog(config.index.path, store, bridge, refresh=refresh) as catalog:
+        async with open_catalog(config.index.path, store, bridge, refresh=refresh,
+                                identity=store_identity(config)) as catalog:
             with plain_errors():
                 async with (
                     ChunkCache.open(Path(config.cache.path), store, bridge,

@@ -24,8 +24,9 @@ from bakfs.catalog.index import (
 from bakfs.catalog.sync import open_index, refresh
 from bakfs.cinder.metadata import ObjectEntry
 from bakfs.cinder.zeros import ZERO_DIGESTS, ZeroDigests
-from bakfs.config import Config
+from bakfs.config import Config, IndexOptions, LocalOptions
 from bakfs.read.engine import open_engine
+from bakfs.store.localdir import LocalStore
 from bakfs.store.s3 import S3Store
 from bakfs.threads import Bridge, Limiters
 from tests.conftest import S3Server
@@ -103,6 +104,27 @@ def test_corrupt_or_foreign_index_is_rebuilt(
     reason, got = trio.run(read_all)
     assert reason is not None and SCHEMA_VERSION.decode() in reason
     assert got == chain.images[1]
+
+
+def test_an_index_built_for_another_store_is_emptied_by_the_engine(tmp_path: Path) -> None:
+    """One index path, two stores in turn (an operator switching buckets or SSE-C keys in
+    the config): the engine must not serve the first store's rows for the second."""
+    index = IndexOptions(path=str(tmp_path / "index"))
+    first, second = (LocalStore(tmp_path / name, "volumebackups") for name in ("a", "b"))
+    for store in (first, second):
+        store.ensure_bucket()
+    chain = write_chain(first, make_versions(SIZE, 1, seed=4), "vol-first")
+
+    async def backups(store: LocalStore) -> tuple[str | None, list[str]]:
+        config = Config(local=LocalOptions(path=str(store.root)), index=index)
+        async with open_engine(config, store, refresh=True) as engine:
+            listed = await engine.catalog.list_backups()
+            return engine.catalog.index.rebuilt, [r.backup_id for r in listed]
+
+    assert trio.run(backups, first)[1] == chain.ids
+    reason, listed = trio.run(backups, second)
+    assert listed == [] and reason is not None and "another store" in reason
+    assert trio.run(backups, first)[1] == chain.ids
 
 
 def test_an_empty_or_markless_directory_is_taken_quietly_or_with_the_reason(
