@@ -112,6 +112,7 @@ class BackupSink:
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
         self._stopped = trio.Event()
+        self._renewing = trio.Lock()  # one renewal at a time: each needs the last one's etag
 
     @classmethod
     async def start(cls, nursery: trio.Nursery, store: ObjectStore, plan: BackupPlan,
@@ -141,10 +142,15 @@ class BackupSink:
         while True:
             await trio.sleep(LEASE_RENEW_SECONDS)
             try:
-                await self._bridge.run_s3(self.lease.renew)
+                await self._renew_now()
             except (LeaseLost, BakfsError) as exc:
                 self._fail(exc)
                 return
+
+    async def _renew_now(self) -> None:
+        if self.lease is not None:
+            async with self._renewing:
+                await self._bridge.run_s3(self.lease.renew)
 
     def _turn(self, index: int) -> trio.Event:
         return self._turns.setdefault(index, trio.Event())
@@ -343,6 +349,11 @@ class BackupSink:
             finally:
                 hashes.close()
             self._raise_if_failed()  # e.g. the lease was lost meanwhile
+            # The fence: a writer that stalled past STALE_AFTER may have had its lease taken
+            # over by `gc`, which then deletes its objects. Renewing (If-Match) right before
+            # the `_metadata` PUT proves the lease is still ours, and holds gc off for
+            # STALE_AFTER seconds, far longer than one PUT.
+            await self._renew_now()
             info = await self._bridge.run_s3(self.store.put_stream,
                                              naming.metadata_name(self.prefix),
                                              metadata.iter_json())

@@ -5,14 +5,23 @@ deleting, so a writer that comes back after all cannot commit over the hole."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import pytest
+import trio
+
+from bakfs.backup.plan import BackupPlan
+from bakfs.backup.sink import run_backup_stream
 from bakfs.catalog import leases
 from bakfs.catalog.inventory import find_orphans, incomplete, remove_orphans
 from bakfs.catalog.leases import VolumeLease, lock_key, read_lease
 from bakfs.cinder import naming
+from bakfs.errors import LeaseLost
 from bakfs.store.s3 import S3Store
 
 
@@ -68,3 +77,26 @@ def test_a_new_writer_takes_over_a_lease_nobody_renews(s3_store: S3Store) -> Non
     lease.acquire()
     _age(s3_store, lease, leases.STALE_AFTER + 60)
     VolumeLease(s3_store, "vol-n", "b-next").acquire()
+
+
+def test_a_writer_whose_lease_gc_took_over_cannot_commit(s3_store: S3Store) -> None:
+    """The writer stalls past STALE_AFTER in the middle of its backup, gc collects it as an
+    orphan; when the writer wakes it must not write a `_metadata` over deleted objects."""
+    options = dataclasses.replace(s3_store.options, object_size=64 * 1024, block_size=4096)
+    plan = BackupPlan(volume_id="vol-s", backup_id="b-stalled", options=options)
+    lease = VolumeLease(s3_store, "vol-s", plan.backup_id)
+    lease.acquire()
+    data = random.Random(5).randbytes(512 * 1024)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data[:256 * 1024]
+        await trio.sleep(0.5)  # let the first objects land
+        _age(s3_store, lease, leases.STALE_AFTER + 60)  # the writer "stalled"
+        orphans = await trio.to_thread.run_sync(find_orphans, s3_store, "vol-s")
+        assert [o.ref.prefix.backup_id for o in orphans] == [plan.backup_id]
+        await trio.to_thread.run_sync(remove_orphans, s3_store, orphans)
+        yield data[256 * 1024:]
+
+    with pytest.raises(LeaseLost):
+        trio.run(run_backup_stream, s3_store, plan, chunks(), lease)
+    assert [i.key for i in s3_store.list("") if i.key.endswith("_metadata")] == []
