@@ -27,7 +27,7 @@ import trio
 
 from bakfs.catalog import sync
 from bakfs.catalog.discovery import BackupRef
-from bakfs.catalog.index import STATUS_OK, BackupRecord, Index, Span
+from bakfs.catalog.index import KIND_DATA, STATUS_OK, BackupRecord, Index, Span
 from bakfs.cinder.metadata import BackupMetadata
 from bakfs.errors import BackupNotFound, IndexCorrupt
 from bakfs.store.base import ObjectStore
@@ -237,11 +237,7 @@ class Catalog:
         out: list[Span] = []
         position = offset
         while position < end:
-            page = self._pages.find(backup_id, position)
-            if page is None:
-                page = self._pages.add(
-                    backup_id, await self._lookup(backup_id, position, end - position))
-            starts, page_spans = page
+            starts, page_spans = await self._page(backup_id, position, end)
             i = max(bisect.bisect_right(starts, position) - 1, 0)
             before = position
             for span in page_spans[i:]:
@@ -254,6 +250,35 @@ class Catalog:
             if position == before:
                 raise IndexCorrupt(f"backup {backup_id}: no extent covers offset {position}")
         return out
+
+    async def zeros_at(self, record: BackupRecord, offset: int) -> int:
+        """How many bytes from `offset` on read as zeros (holes and all-zero objects, up to
+        the next data or the volume's end): what a restore to a sparse target steps over in
+        one go, so its time follows the data, not the volume's size."""
+        position = offset
+        while position < record.size:
+            starts, page_spans = await self._page(record.backup_id, position, record.size)
+            i = max(bisect.bisect_right(starts, position) - 1, 0)
+            before = position
+            for span in page_spans[i:]:
+                if span.end <= position:
+                    continue
+                if span.kind == KIND_DATA or span.offset > position:
+                    return position - offset
+                position = span.end
+            if position == before:
+                raise IndexCorrupt(f"backup {record.backup_id}: no extent covers offset "
+                                   f"{position}")
+        return position - offset
+
+    async def _page(self, backup_id: str, position: int, end: int
+                    ) -> tuple[list[int], list[Span]]:
+        """The cached page of spans holding `position`, looked up when missing."""
+        page = self._pages.find(backup_id, position)
+        if page is None:
+            page = self._pages.add(
+                backup_id, await self._lookup(backup_id, position, end - position))
+        return page
 
     async def _lookup(self, backup_id: str, offset: int, size: int) -> list[Span]:
         self.lookups += 1

@@ -72,6 +72,19 @@ class Engine:
             return parts[0]
         return b"".join(parts)
 
+    async def skip_zeros(self, record: BackupRecord, offset: int, stream: object = None,
+                         align: int = 1) -> int:
+        """Step `stream` over the zeros from `offset` on (holes, all-zero objects), in whole
+        multiples of `align` unless they reach the volume's end; the bytes stepped over.
+        Nothing is fetched, and the stream's read-ahead carries on past them."""
+        run = await self.catalog.zeros_at(record, offset)
+        if offset + run < record.size:
+            run -= run % align
+        if run:
+            self.readahead.skip(record, stream, offset, offset + run)
+            self.stats.zero_bytes += run
+        return run
+
     async def read_parts(self, record: BackupRecord, offset: int, size: int,
                          stream: object = None) -> list[memoryview | int]:
         """[offset, offset + size) of the volume as consecutive parts: views of verified data

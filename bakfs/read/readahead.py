@@ -77,6 +77,13 @@ class ReadAhead:
             self._nursery.start_soon(self._read_ahead, record, state, start, stop)
         return sequential
 
+    def skip(self, record: BackupRecord, stream: object, offset: int, end: int) -> None:
+        """The stream stepped over [offset, end) without reading it (zeros): its next read,
+        at `end`, still counts as sequential, so its window is kept."""
+        state = self._streams.get((record.backup_id, stream))
+        if state is not None and state.next_offset == offset:
+            state.next_offset = end
+
     async def _read_ahead(self, record: BackupRecord, state: _Stream, start: int,
                           stop: int) -> None:
         try:
