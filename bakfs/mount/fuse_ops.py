@@ -148,7 +148,7 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if not self._node(inode).is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        await self.service.wait_listed()  # a listing shows the store, not only the index
+        await self.service.before_listing()
         return inode
 
     @_errors

@@ -142,6 +142,13 @@ class MountService:
         if not self.listed.is_set():
             await self.listed.wait()
 
+    async def before_listing(self) -> None:
+        """A directory listing shows the tree at once when it holds backups (the index's
+        view: listing the store grows with the bucket, minutes for millions of objects);
+        an empty tree (a new index whose store was away) waits for the first listing."""
+        if not self.listed.is_set() and not self.tree.backups():
+            await self.listed.wait()
+
     async def refresh_loop(self) -> None:
         while True:
             await trio.sleep(self.config.index.refresh_interval)

@@ -438,9 +438,20 @@ def test_a_mount_with_a_known_index_comes_up_while_the_store_is_away(
 
         second_id, = _backup_chain(env, tmp_path, "vol-w", versions[1:2])  # not via the proxy
         proxy.start()
-        back = start_mount(proxied)
-        # the index does not know the new backup: the listing waits for the store's
+        proxy.mode = "hang"  # the store answers nothing while the mount comes up
+        back = start_mount({**proxied, "BAKFS_INDEX_REFRESH_INTERVAL": "2"})
+        # a directory listing shows the index's view at once, not after the store's listing
+        # (which grows with the bucket)...
+        started = time.monotonic()
         names = sorted(os.listdir(back.path / "vol-w"))
+        assert time.monotonic() - started < 2
+        assert [n.split("Z-", 1)[-1] for n in names] == [first_id, "latest"]
+        proxy.mode = "pass"
+        # ... and the backup made meanwhile once the store has been listed
+        deadline = time.monotonic() + 30
+        while len(names) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            names = sorted(os.listdir(back.path / "vol-w"))
         assert [n.split("Z-", 1)[-1] for n in names] == [first_id, second_id, "latest"]
         assert (back.path / "vol-w" / "latest").read_bytes() == versions[1]
 
