@@ -316,8 +316,20 @@ class Index:
             txn.put(name, _seal(name, value), db=self._meta)
 
     def _purge_unfinished(self) -> None:
-        for record in self.list_backups(include_unfinished=True):
-            if record.status == STATUS_BUILDING:
+        """Drop the records a killed writer left half-built. Every backup and volume row's
+        checksum is checked, but only rows that may be half-built are decoded: an open
+        must not cost a JSON decode per backup (0.16 s at 10,000)."""
+        marker = f'"status": "{STATUS_BUILDING}"'.encode()
+        suspects = []
+        with self.env.begin() as txn:
+            for key, value in txn.cursor(db=self._backups):
+                if marker in _unseal(bytes(key), bytes(value), "backup"):
+                    suspects.append(bytes(key).decode())
+            for key, value in txn.cursor(db=self._volumes):
+                _unseal(bytes(key), bytes(value), "volume")
+        for backup_id in suspects:
+            record = self.get_backup(backup_id)
+            if record is not None and record.status == STATUS_BUILDING:
                 log.info("index: dropping half-built backup %s", record.backup_id)
                 self.drop_backup(record.backup_id)
 

@@ -46,7 +46,9 @@ class BackupPrefix:
     @property
     def started_at(self) -> datetime:
         """When the writer started the backup (UTC, second resolution)."""
-        return datetime.strptime(self.timestamp, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+        t = self.timestamp  # 14 digits (parse_prefix); strptime cost 13 µs a backup
+        return datetime(int(t[:4]), int(t[4:6]), int(t[6:8]), int(t[8:10]), int(t[10:12]),
+                        int(t[12:14]), tzinfo=UTC)
 
 
 @dataclasses.dataclass(frozen=True)
