@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,27 +19,28 @@ from bakfs.catalog.discovery import find_backup, load_sha256file
 from bakfs.cinder.extents import zero_digests
 from bakfs.store.s3 import S3Store
 from tests.conftest import S3Server
+from tests.peak_rss import run_with_peak_rss
 
 MiB = 1 << 20
 GiB = 1 << 30
 OBJECT = 32 * MiB  # few objects (2 048 for 64 GiB), the same code as 4 MiB ones
 BLOCK = 32 * 1024
-RSS_LIMIT = 400 * MiB  # a guard against growth with the volume, not a benchmark: a2500b5
+RSS_LIMIT = 300 * MiB  # a guard against growth with the volume, not a benchmark: a2500b5
 # took 800 MB for this volume, today ~200 MiB (docs/scale.md has the measured figures)
 
 
 def run_measured(*args: str, env: dict[str, str]) -> tuple[dict[str, object], int]:
-    """Like `bakfs`, reaping the child with wait4 so its own peak RSS is known."""
+    """Like `bakfs`; also its own peak RSS in bytes."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
-    process = subprocess.Popen([sys.executable, "-m", "bakfs", *args], env={**clean, **env},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert process.stdout is not None and process.stderr is not None
-    out = process.stdout.read()
-    err = process.stderr.read()
-    _pid, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    assert process.returncode == 0, err.decode()[-3000:]
-    return (json.loads(out) if out.strip() else {}), usage.ru_maxrss * 1024
+    with tempfile.TemporaryDirectory() as scratch:
+        out, err = Path(scratch) / "out", Path(scratch) / "err"
+        with open(out, "wb") as stdout, open(err, "wb") as stderr:
+            code, rss_mib = run_with_peak_rss([sys.executable, "-m", "bakfs", *args],
+                                              env={**clean, **env}, stdout=stdout,
+                                              stderr=stderr, report=Path(scratch) / "rss")
+        assert code == 0, err.read_text()[-3000:]
+        text = out.read_text()
+    return (json.loads(text) if text.strip() else {}), int(rss_mib * MiB)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from tests.conftest import S3Server
 from tests.faults.conftest import Report, peak_rss_mib, wrong_bytes
 from tests.hostile import MUTATIONS, plant, plant_bomb, plant_sealed
 from tests.mount.fixtures import KiB, Mount
+from tests.peak_rss import run_with_peak_rss
 
 SIZE = 1024 * KiB + 5
 Make = Callable[[str, int, int], tuple[BackupRef, bytes]]
@@ -28,15 +29,13 @@ Start = Callable[[dict[str, str]], Mount]
 
 def _bakfs(env: dict[str, str], tmp_path: Path,
            *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run bakfs; also its peak RSS in MiB, from the kernel's account of it (wait4)."""
+    """Run bakfs; also its own peak RSS in MiB."""
     out, err = tmp_path / "out", tmp_path / "err"
+    argv = [sys.executable, "-m", "bakfs", *args]
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "bakfs", *args], env=env,
-                                   stdout=stdout, stderr=stderr)
-    _pid, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return (subprocess.CompletedProcess(process.args, process.returncode, out.read_text(),
-                                        err.read_text()), usage.ru_maxrss / 1024)
+        code, rss = run_with_peak_rss(argv, env=env, stdout=stdout, stderr=stderr,
+                                      report=tmp_path / "rss")
+    return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text()), rss
 
 
 def test_hostile_metadata(rgw: S3Server, env: dict[str, str], s3_store: S3Store,
