@@ -57,10 +57,13 @@ class _WriterState:
     result: object
     error: str | None
 
-    def _check_write(self, offset: int) -> None:
+    def _check_open(self) -> None:
         if self.done:
             raise BackupFailed(f"incoming/{self.volume_id}: the backup is already "
                                f"{'committed' if self.result else 'abandoned'}")
+
+    def _check_write(self, offset: int) -> None:
+        self._check_open()
         if offset < self.written:
             raise OutOfOrderWrite(
                 f"incoming/{self.volume_id}: write at offset {offset}, but {self.written} "
@@ -75,9 +78,7 @@ class _WriterState:
                                f"volume bakfs accepts ({largest}; index.max_volume_size)")
 
     def _check_truncate(self, size: int) -> None:
-        if self.done:
-            raise BackupFailed(f"incoming/{self.volume_id}: the backup is already "
-                               f"{'committed' if self.result else 'abandoned'}")
+        self._check_open()
         if size < self.written:
             raise OutOfOrderWrite(
                 f"incoming/{self.volume_id}: truncate to {size} bytes, but {self.written} "
