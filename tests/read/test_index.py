@@ -290,3 +290,30 @@ def test_zero_digests_stay_small_for_any_claimed_length() -> None:
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 8 * 1024
     with pytest.raises(ValueError):
         zeros.of(1 << 40)
+
+
+def test_a_backup_left_half_built_is_dropped_when_the_index_is_opened(tmp_path: Path
+                                                                      ) -> None:
+    """A killed writer leaves its record `building`: the next open drops it, and only it
+    (the open decodes only the rows that may be half-built)."""
+    import dataclasses
+
+    def record(backup_id: str, name: str | None = None) -> BackupRecord:
+        return BackupRecord(backup_id=backup_id, volume_id="v", prefix="p", timestamp="1",
+                            parent_id=None, created_at="", name=name, description=None,
+                            size=4096, chain=(backup_id,), fingerprint="f")
+
+    index = Index.open(tmp_path / "index")
+    try:
+        done = record("done", name='"status": "building"')  # the marker inside a value
+        index.finish_backup(dataclasses.replace(done, seq=index.begin_backup(done),
+                                                status="ok"))
+        index.begin_backup(record("killed"))
+    finally:
+        index.close()
+    index = Index.open(tmp_path / "index")
+    try:
+        assert [r.backup_id for r in index.list_backups(include_unfinished=True)] == ["done"]
+        assert index.get_backup("killed") is None
+    finally:
+        index.close()
