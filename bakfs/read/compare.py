@@ -24,11 +24,12 @@ from typing import Any
 
 import trio
 
+from bakfs.catalog.discovery import BackupRef, load_sha256file
 from bakfs.catalog.front import Catalog, open_catalog
 from bakfs.catalog.index import BackupRecord
 from bakfs.cinder import naming
-from bakfs.cinder.extents import Digests
-from bakfs.cinder.metadata import Sha256File, parse_sha256file
+from bakfs.cinder.extents import DIGEST_SIZE, Digests
+from bakfs.cinder.metadata import Sha256File
 from bakfs.config import Config
 from bakfs.errors import BadMetadata, TargetError
 from bakfs.store import open_store, store_identity
@@ -166,11 +167,13 @@ def differing_blocks(data: memoryview, first_block: int, block_size: int, window
     runs: Runs = []
     start: int | None = None
     blocks = -(-window_length // block_size)
+    packed = expected.block_range(first_block, blocks)  # one read of a spilled list
     for i in range(blocks):
         begin = i * block_size
         end = min(begin + block_size, window_length)
         index = first_block + i
-        same = end <= len(data) and hashlib.sha256(data[begin:end]).digest() == expected[index]
+        same = end <= len(data) and hashlib.sha256(data[begin:end]).digest() == \
+            packed[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
         if not same and start is None:
             start = index
         elif same and start is not None:
@@ -234,12 +237,14 @@ async def compare(bridge: Bridge, target: DeviceTarget, sha: Sha256File, size: i
 
 
 async def fetch_sha256file(catalog: Catalog, record: BackupRecord) -> Sha256File:
-    """The backup's `_sha256file`, the only object of the backup a comparison reads."""
-    key = naming.sha256file_name(record.prefix)
-    raw = await catalog.bridge.run_s3(catalog.store.get, key)
-    sha = await catalog.bridge.run_cpu(parse_sha256file, raw, key)
+    """The backup's `_sha256file` (the only object of the backup a comparison reads),
+    streamed into a packed digest list that spills to a file when large: a 1 TiB volume's
+    document is 2.4 GB of JSON, never held whole."""
+    ref = BackupRef(naming.parse_prefix(record.prefix))
+    sha = await catalog.bridge.run_s3(load_sha256file, catalog.store, ref)
     if sha.backup_id != record.backup_id:
-        raise BadMetadata(f"{key} describes backup {sha.backup_id}, not {record.backup_id}")
+        raise BadMetadata(f"{ref.sha256file_key} describes backup {sha.backup_id}, not "
+                          f"{record.backup_id}")
     return sha
 
 

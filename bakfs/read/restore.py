@@ -34,12 +34,11 @@ from typing import Any
 
 import trio
 
-from bakfs.catalog.discovery import BackupRef, load_sha256file
 from bakfs.catalog.index import BackupRecord
-from bakfs.cinder import naming
-from bakfs.cinder.extents import Digests
+from bakfs.cinder.extents import DIGEST_SIZE, Digests
 from bakfs.config import Config
 from bakfs.errors import BakfsError, IntegrityError, TargetError
+from bakfs.read.compare import fetch_sha256file
 from bakfs.read.engine import Engine, open_engine
 from bakfs.read.target import WINDOW, ZERO_WINDOW, Target, open_target
 from bakfs.store.base import ObjectStore
@@ -140,7 +139,7 @@ class _BlockCheck:
             packed = self.expected.block_range(start, n)
             if packed != self._zero * n:
                 bad += [start + i for i in range(n)
-                        if packed[i * 32:(i + 1) * 32] != self._zero]
+                        if packed[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] != self._zero]
         return bad
 
 
@@ -269,8 +268,7 @@ async def _check_window(checker: _BlockCheck, offset: int, parts: Parts, bridge:
 
 
 async def _checker(engine: Engine, record: BackupRecord) -> _BlockCheck:
-    ref = BackupRef(naming.parse_prefix(record.prefix))
-    sha = await engine.bridge.run_s3(load_sha256file, engine.store, ref)
+    sha = await fetch_sha256file(engine.catalog, record)
     if WINDOW % sha.chunk_size:
         raise BakfsError(f"backup {record.backup_id} tracks {sha.chunk_size}-byte blocks, "
                          f"which do not divide the restore's {WINDOW}-byte windows")
