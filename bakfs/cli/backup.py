@@ -11,7 +11,7 @@ from bakfs.backup.run import backup_source
 from bakfs.backup.sink import BackupStats
 from bakfs.backup.source import open_source
 from bakfs.cinder import naming
-from bakfs.cli.progress import Progress, human_bytes
+from bakfs.cli.progress import Phases, human_bytes
 from bakfs.config import Config
 from bakfs.errors import BakfsError, FormatError
 
@@ -22,25 +22,25 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except FormatError as exc:
         raise BakfsError(f"--volume: {exc}") from None
     source = open_source(args.source)
-    bars: list[Progress] = []
+    phases = Phases(config.s3.enable_progress_timer)
 
     def on_plan(plan: BackupPlan, reason: str) -> None:
         if not args.json:
             print(f"backup {plan.backup_id} of volume {args.volume} ({source.kind} "
                   f"{source.path}): {reason}", file=sys.stderr)
-        bars.append(Progress("backup", source.size, config.s3.enable_progress_timer))
+        phases.start("backup", source.size)
 
     def on_progress(stats: BackupStats) -> None:
-        bars[0].update_to(stats.bytes_read, f"changed {human_bytes(stats.bytes_changed)}, "
-                                            f"sent {human_bytes(stats.bytes_uploaded)}")
+        phases.update_to(stats.bytes_read, f"changed {human_bytes(stats.bytes_changed)}, "
+                                           f"sent {human_bytes(stats.bytes_uploaded)}")
 
     try:
-        summary = backup_source(config, source, args.volume, parent_id=args.parent,
-                                full=args.full, name=args.name, description=args.description,
-                                on_plan=on_plan, on_progress=on_progress)
+        with phases:
+            summary = backup_source(config, source, args.volume, parent_id=args.parent,
+                                    full=args.full, name=args.name,
+                                    description=args.description, on_plan=on_plan,
+                                    on_progress=on_progress)
     finally:
-        for bar in bars:
-            bar.close()
         source.close()
     stats = summary.stats
     if args.json:

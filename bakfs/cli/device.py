@@ -15,7 +15,7 @@ from collections.abc import Callable
 import trio
 
 from bakfs.cli import restore as full_restore
-from bakfs.cli.progress import Progress, human_bytes
+from bakfs.cli.progress import Phases, human_bytes
 from bakfs.config import Config
 from bakfs.errors import BakfsError, ConfigError
 from bakfs.read.compare import Comparison, verify_device_with
@@ -39,18 +39,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def verify_device(args: argparse.Namespace, config: Config) -> int:
-    bars: list[Progress] = []
+    with Phases(json_lines=args.json) as phases:
+        def on_start(size: int) -> Callable[[int], None]:
+            return phases.start("compare", size).update_to
 
-    def on_start(size: int) -> Callable[[int], None]:
-        bars.append(Progress("compare", size, json_lines=args.json))
-        return bars[-1].update_to
-
-    try:
         comparison = trio.run(lambda: verify_device_with(config, args.backup_id, args.target,
                                                          on_start=on_start))
-    finally:
-        for bar in bars:
-            bar.close()
     if args.json:
         print(json.dumps(comparison.to_json(), indent=2))
     else:
@@ -83,21 +77,13 @@ def print_comparison(c: Comparison) -> None:
 
 
 def delta(args: argparse.Namespace, config: Config) -> int:
-    bars: list[Progress] = []
+    with Phases(json_lines=args.json) as phases:
+        def on_start(phase: str, total: int) -> Callable[[int], None]:
+            return phases.start(phase, total).update_to
 
-    def on_start(phase: str, total: int) -> Callable[[int], None]:
-        for bar in bars:
-            bar.close()
-        bars.append(Progress(phase, total, json_lines=args.json))
-        return bars[-1].update_to
-
-    try:
         result = trio.run(lambda: delta_restore_with(config, args.backup_id, args.target,
                                                      dry_run=args.dry_run, resize=args.resize,
                                                      on_start=on_start))
-    finally:
-        for bar in bars:
-            bar.close()
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

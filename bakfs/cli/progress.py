@@ -59,6 +59,37 @@ class Progress:
         self.close()
 
 
+class Phases:
+    """The progress bars of one command, one phase at a time: `start` closes the bar of the
+    phase before; leaving the `with` closes the last one."""
+
+    def __init__(self, enabled: bool = True, json_lines: bool = False) -> None:
+        self._enabled = enabled
+        self._json_lines = json_lines
+        self._current: Progress | None = None
+
+    def start(self, description: str, total: int | None) -> Progress:
+        self.close()
+        self._current = Progress(description, total, self._enabled, self._json_lines)
+        return self._current
+
+    def update_to(self, done: int, detail: str | None = None) -> None:
+        if self._current is not None:
+            self._current.update_to(done, detail)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+
+    def __enter__(self) -> Phases:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

@@ -8,27 +8,21 @@ from collections.abc import Callable
 
 import trio
 
-from bakfs.cli.progress import Progress
+from bakfs.cli.progress import Phases
 from bakfs.config import Config
 from bakfs.read.restore import RestoreResult, restore_with
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    bars: list[Progress] = []
+    with Phases(json_lines=args.json) as phases:
+        def on_start(size: int) -> Callable[[int], None]:
+            return phases.start("restore", size).update_to
 
-    def on_start(size: int) -> Callable[[int], None]:
-        bars.append(Progress("restore", size, json_lines=args.json))
-        return bars[0].update_to
+        async def main() -> RestoreResult:
+            return await restore_with(config, args.backup_id, args.target, on_start=on_start,
+                                      check=args.check, sha256=args.sha256)
 
-    async def main() -> RestoreResult:
-        return await restore_with(config, args.backup_id, args.target, on_start=on_start,
-                                  check=args.check, sha256=args.sha256)
-
-    try:
         result = trio.run(main)
-    finally:
-        for bar in bars:
-            bar.close()
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

@@ -9,7 +9,7 @@ import sys
 import uuid
 
 from bakfs.cinder import naming
-from bakfs.cli.progress import Progress, human_bytes
+from bakfs.cli.progress import Phases, human_bytes
 from bakfs.config import Config
 from bakfs.errors import BakfsError, FormatError
 from bakfs.tsm import operations
@@ -86,17 +86,11 @@ def restore(config: Config, backup_id: str, target: str) -> int:
 
 
 def stage(config: Config, backup_id: str, *, as_json: bool, mount: str | None = None) -> int:
-    bars: list[Progress] = []
+    with Phases(config.s3.enable_progress_timer) as phases:
+        def on_start(size: int) -> operations.Progress:
+            return phases.start(f"stage {backup_id[:8]}", size).update_to
 
-    def on_start(size: int) -> operations.Progress:
-        bars.append(Progress(f"stage {backup_id[:8]}", size, config.s3.enable_progress_timer))
-        return bars[0].update_to
-
-    try:
         staged = operations.stage(config, backup_id, mount=mount, on_start=on_start)
-    finally:
-        for bar in bars:
-            bar.close()
     if as_json:
         print(json.dumps(staged.details, indent=2))
     elif mount is not None:
