@@ -1,9 +1,9 @@
 """The mount's life in the daemon, once `bakfs.mount.launch` has checked the mountpoint,
 forked and started opening the store: open the read engine (a new index is filled from the
 store first; a known one is not) → the tree from the index → pyfuse3.init → ready → list the
-store (a lookup of a name the tree lacks waits for that first listing; directory listings
-show the tree at once) → serve until unmounted or SIGTERM/SIGINT → abandon unfinished
-incoming backups (nothing committed) → unmount.
+store, its TSM records first (a lookup of a name the tree lacks waits for the whole first
+listing; a directory listing for the records only) → serve until unmounted or
+SIGTERM/SIGINT → abandon unfinished incoming backups (nothing committed) → unmount.
 
 The user-side commands on a running mount are `bakfs.mount.control`.
 """

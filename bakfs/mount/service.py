@@ -70,6 +70,7 @@ class MountService:
         self.staging = TsmStaging()  # reads of TSM-held backups
         self.tsm_records: list[TsmRecord] = []  # as last listed
         self.listed = trio.Event()  # the store has been listed once since the start
+        self.records_listed = trio.Event()  # its TSM records have (the first step of it)
         self.unreadable: list[BackupRecord] = []  # quarantined backups, with the reason
         self.leftover_leases: dict[str, VolumeLease] = {}  # of failed backups, to release
         self._tuned = False
@@ -85,14 +86,17 @@ class MountService:
 
     # -- catalog ---------------------------------------------------------------------------
 
-    async def refresh(self, *, list_store: bool = True, list_index: bool = True) -> None:
+    async def refresh(self, *, list_store: bool = True, list_index: bool = True,
+                      list_tsm: bool = True) -> None:
         """Show backups made elsewhere (and drop deleted ones). `list_store=False` builds
         the tree from the index as it is, without the store; `list_index=False` lists only
-        the TSM records (the index was just listed)."""
+        the TSM records (which the index does not hold), `list_tsm=False` only the store's
+        backups."""
         if list_store:
             if list_index:
                 await self.catalog.refresh()
-            self.tsm_records = await self.bridge.run_s3(list_records, self.store)
+            if list_tsm:
+                self.tsm_records = await self.bridge.run_s3(list_records, self.store)
         await self._show()
         self.counters.refreshes += 1
 
@@ -125,9 +129,15 @@ class MountService:
 
     async def first_listing(self, *, index_listed: bool) -> None:
         """At start, after the mount is up: list the store (the index's view was shown
-        meanwhile). Until this ends, a name the tree lacks waits for it (`wait_listed`)."""
+        meanwhile). First the TSM records, one short LIST, since the index does not hold
+        them; then, unless the index was just filled, the store's backups, a listing that
+        grows with the bucket. Until this ends, a name the tree lacks waits for it
+        (`wait_listed`); a directory listing waits for the records (`before_listing`)."""
         try:
-            await self.refresh(list_index=not index_listed)
+            await self.refresh(list_index=False)
+            self.records_listed.set()
+            if not index_listed:
+                await self.refresh(list_tsm=False)
         except BakfsError as exc:
             log.warning("cannot list %s (%s): showing the %d backups the index knows, "
                         "serving what the cache holds; retrying every %s s",
@@ -136,6 +146,7 @@ class MountService:
         except Exception:  # a bug, but the mount serves on: the next refresh retries
             log.exception("the first listing failed unexpectedly")
         finally:
+            self.records_listed.set()
             self.listed.set()
 
     async def wait_listed(self) -> None:
@@ -143,11 +154,11 @@ class MountService:
             await self.listed.wait()
 
     async def before_listing(self) -> None:
-        """A directory listing shows the tree at once when it holds backups (the index's
-        view: listing the store grows with the bucket, minutes for millions of objects);
-        an empty tree (a new index whose store was away) waits for the first listing."""
-        if not self.listed.is_set() and not self.tree.backups():
-            await self.listed.wait()
+        """A directory listing shows the index's backups and the TSM records without
+        waiting for the store's backups to be listed (that listing grows with the bucket,
+        minutes for millions of objects); an empty tree (a new index whose store was away)
+        waits for the whole first listing."""
+        await (self.records_listed if self.tree.backups() else self.listed).wait()
 
     async def refresh_loop(self) -> None:
         while True:

@@ -3,10 +3,13 @@ store, a real LMDB index and a real chunk cache."""
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import random
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,9 @@ from bakfs.errors import BackupFailed, OutOfOrderWrite, VolumeBusy
 from bakfs.mount.namespace import LATEST, METRICS, ROOT_INODE, STATUS, Node, Tree
 from bakfs.mount.service import MountService
 from bakfs.read.engine import open_engine
+from bakfs.store.base import ObjectInfo
 from bakfs.store.localdir import LocalStore
+from bakfs.tsm.records import TsmRecord, put_record
 from tests.read.conftest import CountingStore
 
 BLOCK = 4 * KiB
@@ -238,3 +243,54 @@ def test_a_volume_of_another_size_says_to_write_it_full(
     metas = [load_metadata(local_store, r) for r in find_backups(local_store, "vol-app")]
     assert sorted(m.covered_size for m in metas) == [4000, SIZE]
     assert all(m.parent_id is None for m in metas)  # both full
+
+
+class _HeldListing(CountingStore):
+    """Lists the store's backups (`volume_...`) only once `release` is set; anything else
+    (the TSM records) at once: a bucket whose catalogue takes long to list."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        super().__init__(inner)
+        self.release = threading.Event()
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        if prefix.startswith("volume_"):
+            assert self.release.wait(30)
+        return super().list(prefix)
+
+
+def test_a_re_mounts_directory_listing_waits_for_the_tsm_records_not_the_store(
+        tmp_path: Path, local_store: LocalStore) -> None:
+    """The index's backups and the TSM records are listed at once; a backup made elsewhere
+    since shows when the store's (slow) listing ends; a lookup of it waits for that."""
+    options = S3Options(object_size=OBJECT, block_size=BLOCK)
+    known = write_backup(local_store, io.BytesIO(_image(7)), "vol-k", options)
+    store = _HeldListing(local_store)
+
+    async def main() -> None:
+        async with open_engine(_config(tmp_path), CountingStore(local_store)):
+            pass  # the index now knows `known`: the next mount is a re-mount
+        new = write_backup(local_store, io.BytesIO(_image(8)), "vol-k", options)
+        put_record(local_store, TsmRecord(
+            backup_id="tsm-1", volume_id="vol-t", mode="image", path="/dev/bakfs-tsm-1",
+            size=SIZE, sha256="0" * 64, created_at=datetime(2026, 12, 1, tzinfo=UTC)))
+        async with open_engine(_config(tmp_path), store) as engine, \
+                trio.open_nursery() as nursery:
+            service = MountService(engine.config, engine, Tree(0.0))
+            service.nursery = nursery
+            await service.refresh(list_store=False)
+            nursery.start_soon(functools.partial(service.first_listing, index_listed=False))
+            with trio.fail_after(10):
+                await service.before_listing()
+            names = {n.name for n in service.tree.listing(ROOT_INODE)}
+            assert {"vol-k", "vol-t"} <= names  # the index's volume and the TSM one
+            assert not any(n.name.endswith(new.backup_id) for n in service.tree.backups())
+            assert not service.listed.is_set()
+            store.release.set()
+            with trio.fail_after(10):
+                await service.wait_listed()
+            assert _backup_node(service, "vol-k", new.backup_id) is not None
+            assert _backup_node(service, "vol-k", known.backup_id) is not None
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
