@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import os
 import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -24,6 +25,8 @@ from urllib.parse import urlsplit
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 import urllib3.exceptions
 
 from bakfs.config import S3Options
@@ -303,7 +306,7 @@ def _make_client(options: S3Options) -> Any:
         response_checksum_validation="when_required",
     )
     verify: bool | str | None = options.ca_cert_file if options.verify_ssl else False
-    session = boto3.session.Session()
+    session = boto3.session.Session(botocore_session=_botocore_session())
     return session.client(
         "s3",
         endpoint_url=options.endpoint_url,
@@ -313,3 +316,27 @@ def _make_client(options: S3Options) -> Any:
         verify=verify,
         config=config,
     )
+
+
+class _S3OnlyLoader(botocore.loaders.Loader):
+    """botocore's data loader, without the scan it makes of every service's directory
+    (about 450 of them, some 1,800 stat calls) before it loads any one model: bakfs loads
+    S3's only. On a cold page cache the scan alone took 0.1-0.2 s of a mount's first read."""
+
+    @botocore.loaders.instance_cache
+    def list_available_services(self, type_name: str) -> list[str]:
+        try:
+            return ["s3"] if self.list_api_versions("s3", type_name) else []
+        except botocore.exceptions.DataNotFoundError:
+            return []
+
+
+def _botocore_session() -> botocore.session.Session:
+    """A botocore session as boto3 makes one (AWS_DATA_PATH honoured), with the loader
+    above."""
+    core = botocore.session.get_session()
+    data_path = core.get_config_variable("data_path")
+    paths = [] if data_path is None else [
+        os.path.expanduser(os.path.expandvars(path)) for path in data_path.split(os.pathsep)]
+    core.register_component("data_loader", _S3OnlyLoader(extra_search_paths=paths))
+    return core
