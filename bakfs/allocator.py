@@ -13,7 +13,6 @@ Called once at start, before threads exist. Knows nothing of bakfs's other modul
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -28,10 +27,9 @@ SETTINGS = {M_ARENA_MAX: 2, M_MMAP_THRESHOLD: 16 << 20, M_TRIM_THRESHOLD: 32 << 
 
 def tune() -> bool:
     """Apply SETTINGS where the C library is glibc; True when every one was taken."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
+        # glibc's soname; find_library would run `ldconfig -p` at every start for it
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
