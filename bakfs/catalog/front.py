@@ -41,6 +41,7 @@ PAGE_SPANS = 256  # extents fetched past a lookup, for the next reads
 MAX_CACHED_SPANS = 1 << 16  # bound of the in-memory extent pages
 REFRESH_AFTER_MISS = 5.0  # seconds between refreshes `find` may start for unknown ids
 REBUILD_PAUSE = 10.0  # seconds after a rebuild in which damage found again is only reported
+KEPT = b"kept/"  # prefix of the index's meta rows that `keep` writes
 
 
 class _Pages:
@@ -188,6 +189,14 @@ class Catalog:
                 await self.rebuild(f"it was damaged ({exc})", generation)
         await self._settled.wait()
         return await self.bridge.run_index(fn, *args)
+
+    async def kept(self, name: bytes) -> bytes | None:
+        """A document kept beside the index for the next start (the TSM records' last
+        listing); None when the index has none (new, rebuilt, or kept by an older bakfs)."""
+        return await self._index(self.index.get_meta, KEPT + name)
+
+    async def keep(self, name: bytes, value: bytes) -> None:
+        await self._index(self.index.set_meta, KEPT + name, value)
 
     async def add(self, ref: BackupRef, metadata: BackupMetadata) -> BackupRecord:
         """Index a backup this process has just committed (no listing of the store)."""

@@ -60,6 +60,7 @@ async def _serve_store(config: Config, store: OpeningStore, mountpoint: Path,
         # the tree as the index knows it; a new index was just filled from the store by
         # open_engine (the store is open then); the store is listed once the mount is up
         index_listed = engine.catalog.last_refresh != float("-inf")
+        await service.show_kept_records()
         await service.refresh(list_store=False)
         service.mountpoint = mountpoint
         operations = Operations(service, permissions)

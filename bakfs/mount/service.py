@@ -13,6 +13,7 @@ Async, on trio; blocking work through `bakfs.threads`. Knows nothing of pyfuse3 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -26,14 +27,20 @@ from bakfs.catalog.index import BackupRecord
 from bakfs.catalog.leases import VolumeLease
 from bakfs.cinder import naming
 from bakfs.config import Config
-from bakfs.errors import BackupFailed, BakfsError, VolumeBusy
+from bakfs.errors import BackupFailed, BadMetadata, BakfsError, VolumeBusy
 from bakfs.mount import status
 from bakfs.mount.incoming import IncomingBackup, TsmIncomingBackup
 from bakfs.mount.namespace import METRICS, ROOT_INODE, Node, Tree
 from bakfs.mount.readers import Backup, S3Backup, TsmBackup, TsmStaging, record_time
 from bakfs.procfs import holds_open, mount_device
 from bakfs.read.engine import Engine
-from bakfs.tsm.records import TsmRecord, list_records
+from bakfs.tsm.records import (
+    KEPT_NAME,
+    TsmRecord,
+    list_records,
+    records_from_json,
+    records_to_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,7 @@ class MountService:
         self.records_listed = trio.Event()  # its TSM records have (the first step of it)
         self.unreadable: list[BackupRecord] = []  # quarantined backups, with the reason
         self.leftover_leases: dict[str, VolumeLease] = {}  # of failed backups, to release
+        self._records_kept = False  # tsm_records are in the index as listed
         self._tuned = False
         self._fh = itertools.count(1)
 
@@ -96,9 +104,36 @@ class MountService:
             if list_index:
                 await self.catalog.refresh()
             if list_tsm:
-                self.tsm_records = await self.bridge.run_s3(list_records, self.store)
+                await self._list_records()
         await self._show()
         self.counters.refreshes += 1
+
+    async def _list_records(self) -> None:
+        """List the TSM records (GETs for new ones only); a change is kept in the index,
+        so the next start shows them before the store is even open."""
+        records = await self.bridge.run_s3(
+            functools.partial(list_records, self.store, known=self.tsm_records))
+        if records != self.tsm_records or not self._records_kept:
+            self.tsm_records = records
+            document = await self.bridge.run_cpu(records_to_json, records)
+            await self.catalog.keep(KEPT_NAME, document)
+            self._records_kept = True
+
+    async def show_kept_records(self) -> bool:
+        """At start: the TSM records as the index kept them from the last listing, so a
+        directory listing need not wait for the store (`before_listing`). False when the
+        index kept none (new or rebuilt): the first listing is then waited for."""
+        document = await self.catalog.kept(KEPT_NAME)
+        if document is None:
+            return False
+        try:
+            self.tsm_records = await self.bridge.run_cpu(records_from_json, document)
+        except BadMetadata as exc:
+            log.warning("%s; listing them from the store", exc)
+            return False
+        self._records_kept = True
+        self.records_listed.set()
+        return True
 
     async def _show(self) -> None:
         """Make the tree show what the index and the TSM records hold. Directory entries are
@@ -129,10 +164,11 @@ class MountService:
 
     async def first_listing(self, *, index_listed: bool) -> None:
         """At start, after the mount is up: list the store (the index's view was shown
-        meanwhile). First the TSM records, one short LIST, since the index does not hold
-        them; then, unless the index was just filled, the store's backups, a listing that
-        grows with the bucket. Until this ends, a name the tree lacks waits for it
-        (`wait_listed`); a directory listing waits for the records (`before_listing`)."""
+        meanwhile). First the TSM records, one short LIST (a re-mount showed the index's copy
+        of them meanwhile); then, unless the index was just filled, the store's backups, a
+        listing that grows with the bucket. Until this ends, a name the tree lacks waits for
+        it (`wait_listed`); a directory listing waits for the records (`before_listing`)
+        unless the index's copy was shown."""
         try:
             await self.refresh(list_index=False)
             self.records_listed.set()

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from bakfs.cinder import naming
-from bakfs.errors import BackupNotFound, BadMetadata, ObjectMissing
+from bakfs.errors import BackupNotFound, BadMetadata, FormatError, ObjectMissing
 from bakfs.store.base import ObjectStore
 from bakfs.tsm.dsmc import MODES, Mode
 
 PREFIX = "bakfs-tsm/"
 RECORD_VERSION = 1
+KEPT_NAME = b"tsm-records"  # the index's copy of the last listing (`records_to_json`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,13 @@ class TsmRecord:
     def from_json(cls, data: bytes, key: str) -> TsmRecord:
         try:
             doc = json.loads(data)
+        except ValueError as exc:
+            raise BadMetadata(f"{key} is not a bakfs TSM record: {exc}") from None
+        return cls.from_dict(doc, key)
+
+    @classmethod
+    def from_dict(cls, doc: Any, key: str) -> TsmRecord:
+        try:
             mode = doc["mode"]
             if mode not in MODES:
                 raise ValueError(f"mode {mode!r}")
@@ -104,14 +113,35 @@ def read_record(store: ObjectStore, volume_id: str, backup_id: str) -> TsmRecord
                              f"{store.description}") from None
 
 
-def list_records(store: ObjectStore, volume_id: str | None = None) -> list[TsmRecord]:
+def list_records(store: ObjectStore, volume_id: str | None = None,
+                 known: Iterable[TsmRecord] = ()) -> list[TsmRecord]:
     """Every TSM record (of one volume, or all), oldest first per volume. Unreadable records
-    raise BadMetadata naming the key."""
+    raise BadMetadata naming the key. A record is never rewritten, so one of `known` (an
+    earlier listing) still listed under its key is kept without a GET: a listing with
+    nothing new is the LIST alone."""
     prefix = PREFIX if volume_id is None else f"{PREFIX}{naming.validate_id('volume', volume_id)}/"
-    records = [TsmRecord.from_json(store.get(info.key), info.key)
+    earlier = {record.key: record for record in known}
+    records = [earlier.get(info.key) or TsmRecord.from_json(store.get(info.key), info.key)
                for info in store.list(prefix) if info.key.endswith(".json")]
     records.sort(key=lambda r: (r.volume_id, r.created_at, r.backup_id))
     return records
+
+
+def records_to_json(records: Iterable[TsmRecord]) -> bytes:
+    """A listing as one document, for the index to keep (a re-mount shows it at once)."""
+    return json.dumps([record.as_dict() for record in records]).encode()
+
+
+def records_from_json(data: bytes) -> list[TsmRecord]:
+    """The listing `records_to_json` made; BadMetadata when it is not one."""
+    try:
+        docs = json.loads(data)
+        if not isinstance(docs, list):
+            raise ValueError("not a list")
+        return [TsmRecord.from_dict(doc, record_key(str(doc["volume_id"]),
+                                                    str(doc["backup_id"]))) for doc in docs]
+    except (ValueError, KeyError, TypeError, FormatError) as exc:
+        raise BadMetadata(f"the index's copy of the TSM records is unreadable: {exc}") from None
 
 
 def find_record(store: ObjectStore, backup_id: str) -> TsmRecord:

@@ -294,3 +294,64 @@ def test_a_re_mounts_directory_listing_waits_for_the_tsm_records_not_the_store(
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+class _HeldEveryListing(CountingStore):
+    """Lists nothing, not even the TSM records, until `release` is set."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        super().__init__(inner)
+        self.release = threading.Event()
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        assert self.release.wait(30)
+        return super().list(prefix)
+
+
+def _tsm_record(backup_id: str, volume_id: str) -> TsmRecord:
+    return TsmRecord(backup_id=backup_id, volume_id=volume_id, mode="image",
+                     path=f"/dev/bakfs-{backup_id}", size=SIZE, sha256="0" * 64,
+                     created_at=datetime(2026, 12, 1, tzinfo=UTC))
+
+
+def test_a_re_mount_shows_the_tsm_records_the_index_kept_before_any_listing(
+        tmp_path: Path, local_store: LocalStore) -> None:
+    """The TSM records listed by the last mount are kept in the index: a re-mount lists
+    them while no listing of the store has answered; a record made elsewhere since shows
+    once the first listing ends; a refresh GETs only records it has not seen."""
+    put_record(local_store, _tsm_record("tsm-1", "vol-t"))
+
+    async def main() -> None:
+        first = CountingStore(local_store)
+        async with open_engine(_config(tmp_path), first) as engine:
+            service = MountService(engine.config, engine, Tree(0.0))
+            assert not await service.show_kept_records()  # a new index kept nothing
+            await service.refresh()
+            await service.refresh()  # nothing new: the LIST only
+            assert first.gets[_tsm_key("vol-t", "tsm-1")] == 1
+        put_record(local_store, _tsm_record("tsm-2", "vol-u"))  # made elsewhere since
+        store = _HeldEveryListing(local_store)
+        async with open_engine(_config(tmp_path), store) as engine, \
+                trio.open_nursery() as nursery:
+            service = MountService(engine.config, engine, Tree(0.0))
+            service.nursery = nursery
+            assert await service.show_kept_records()
+            await service.refresh(list_store=False)
+            nursery.start_soon(functools.partial(service.first_listing, index_listed=True))
+            with trio.fail_after(10):
+                await service.before_listing()  # no listing has answered
+            names = {n.name for n in service.tree.listing(ROOT_INODE)}
+            assert "vol-t" in names and "vol-u" not in names
+            store.release.set()
+            with trio.fail_after(10):
+                await service.wait_listed()
+            assert "vol-u" in {n.name for n in service.tree.listing(ROOT_INODE)}
+            assert store.gets[_tsm_key("vol-t", "tsm-1")] == 0  # kept, not fetched again
+            assert store.gets[_tsm_key("vol-u", "tsm-2")] == 1
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def _tsm_key(volume_id: str, backup_id: str) -> str:
+    return f"bakfs-tsm/{volume_id}/{backup_id}.json"
