@@ -4,6 +4,7 @@ and keeping it healthy."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -22,11 +23,18 @@ from bakfs.catalog.sync import RefreshResult, open_index
 from bakfs.cinder import record as cinder_record
 from bakfs.cli.progress import human_bytes
 from bakfs.config import Config
+from bakfs.errors import BadMetadata
 from bakfs.read.verify import verify
 from bakfs.store import open_store, store_identity
 from bakfs.store.base import ObjectStore
 from bakfs.threads import Bridge
-from bakfs.tsm.records import TsmRecord, list_records
+from bakfs.tsm.records import (
+    KEPT_NAME,
+    TsmRecord,
+    list_records,
+    records_from_json,
+    records_to_json,
+)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -66,12 +74,9 @@ def export_record(config: Config, backup_id: str, as_json: bool = False) -> int:
 
 def list_backups(config: Config, volume_id: str | None, show_all: bool, as_json: bool,
                  cached: bool = False) -> int:
-    tsm: list[TsmRecord] = []
     store = open_store(config)
     try:
-        listing = trio.run(catalogue, config, store, volume_id, show_all, cached)
-        if not cached:
-            tsm = list_records(store, volume_id)  # backups kept in TSM, listed beside S3 ones
+        listing, tsm = trio.run(catalogue, config, store, volume_id, show_all, cached)
     finally:
         store.close()
     backups = listing.backups
@@ -110,26 +115,51 @@ def list_backups(config: Config, volume_id: str | None, show_all: bool, as_json:
 
 
 async def catalogue(config: Config, store: ObjectStore, volume_id: str | None,
-                    show_all: bool, cached: bool) -> Listing:
-    """The backups `ls` shows: the index's records, after one listing of the store brought
-    it up to date (only new backups' `_metadata` are read), or as they are (`cached`)."""
+                    show_all: bool, cached: bool) -> tuple[Listing, list[TsmRecord]]:
+    """The backups `ls` shows: the index's records and its copy of the TSM records, after
+    one listing of the store brought them up to date (only new backups' `_metadata` and
+    new TSM records are read), or as they are (`cached`)."""
     bridge = Bridge.from_config(config)
     index = await open_index(config.index.path, bridge, identity=store_identity(config))
     try:
         catalog = Catalog(store, index, bridge)
         refs = []
         stale = None
+        tsm = await _kept_records(catalog)
         if cached and not index.rebuilt:
             stale = "--cached"
         else:
             refs = await bridge.run_s3(scan, store)
             await catalog.refresh([r for r in refs if r.complete])
+            tsm = await _list_records(catalog, bridge, store, volume_id, tsm)
         records = await catalog.list_backups(volume_id)
     finally:
         await bridge.run_index(index.close)
     incomplete = [r for r in refs if not r.complete and show_all
                   and (volume_id is None or r.volume_id == volume_id)]
-    return Listing(listed(records, incomplete), stale)
+    if volume_id is not None:
+        tsm = [r for r in tsm if r.volume_id == volume_id]
+    return Listing(listed(records, incomplete), stale), tsm
+
+
+async def _kept_records(catalog: Catalog) -> list[TsmRecord]:
+    """The TSM records as the index kept them from the last listing (a mount's or ls's)."""
+    document = await catalog.kept(KEPT_NAME)
+    try:
+        return [] if document is None else records_from_json(document)
+    except BadMetadata:
+        return []
+
+
+async def _list_records(catalog: Catalog, bridge: Bridge, store: ObjectStore,
+                        volume_id: str | None, kept: list[TsmRecord]) -> list[TsmRecord]:
+    """The backups kept in TSM, listed beside the S3 ones: GETs for records the index has
+    not kept only; a whole listing that changed is kept for the next `ls` or mount."""
+    records = await bridge.run_s3(
+        functools.partial(list_records, store, volume_id, known=kept))
+    if volume_id is None and records != kept:
+        await catalog.keep(KEPT_NAME, records_to_json(records))
+    return records
 
 
 def verify_backup(config: Config, backup_id: str, deep: bool) -> int:

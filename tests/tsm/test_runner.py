@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bakfs.cli.inventory import list_backups
 from bakfs.cli.tsm import backup as run_tsm_backup
 from bakfs.cli.tsm import delete as run_tsm_delete
 from bakfs.cli.tsm import list_backups as run_tsm_ls
@@ -317,3 +318,24 @@ def test_password_never_in_ps_logs_or_argv(config: Config, store: LocalStore, si
     finally:
         runner.remove_optfile(optfile)
     assert not os.path.exists(optfile)
+
+
+def test_ls_shows_tsm_backups_and_its_cached_answer_keeps_them(
+        config: Config, store: LocalStore, capsys: pytest.CaptureFixture[str]) -> None:
+    """`bakfs ls` lists TSM backups beside S3 ones and keeps the records in the index, so
+    `ls --cached` shows them too, as of that listing; the next listing drops a deleted one."""
+    record = catalog.TsmRecord(backup_id="tsm-1", volume_id="vol-t", mode="image",
+                               path="/dev/bakfs-tsm-1", size=1 << 20, sha256="0" * 64,
+                               created_at=catalog.now())
+    catalog.put_record(store, record)
+
+    def ls(cached: bool) -> list[str]:
+        capsys.readouterr()
+        assert list_backups(config, None, show_all=False, as_json=True, cached=cached) == 0
+        return [str(b["backup_id"]) for b in json.loads(capsys.readouterr().out)]
+
+    assert ls(cached=False) == ["tsm-1"]
+    store.delete(record.key)  # deleted elsewhere
+    assert ls(cached=True) == ["tsm-1"]  # the index's copy, without the store
+    assert ls(cached=False) == []
+    assert ls(cached=True) == []
