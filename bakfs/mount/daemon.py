@@ -62,6 +62,7 @@ async def _serve_store(config: Config, store: OpeningStore, mountpoint: Path,
         index_listed = engine.catalog.last_refresh != float("-inf")
         await service.show_kept_records()
         await service.refresh(list_store=False)
+        store.start()  # a re-mount's tree is shown: now the store (see mount.launch)
         service.mountpoint = mountpoint
         operations = Operations(service, permissions)
         options = set(pyfuse3.default_options)
@@ -80,7 +81,6 @@ async def _serve_store(config: Config, store: OpeningStore, mountpoint: Path,
                 nursery.start_soon(service.refresh_loop)
                 nursery.start_soon(_terminate_on_signal)
                 notify("ready")
-                store.start()  # if no request has needed it yet
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
         finally:
