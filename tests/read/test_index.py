@@ -25,6 +25,7 @@ from bakfs.catalog.sync import open_index, refresh
 from bakfs.cinder.metadata import ObjectEntry
 from bakfs.cinder.zeros import ZERO_DIGESTS, ZeroDigests
 from bakfs.config import Config, IndexOptions, LocalOptions
+from bakfs.errors import IndexCorrupt
 from bakfs.read.engine import open_engine
 from bakfs.store.localdir import LocalStore
 from bakfs.store.s3 import S3Store
@@ -317,3 +318,21 @@ def test_a_backup_left_half_built_is_dropped_when_the_index_is_opened(tmp_path: 
         assert index.get_backup("killed") is None
     finally:
         index.close()
+
+
+def test_a_record_decodes_to_what_was_stored_and_older_ones_get_defaults() -> None:
+    """Records this version wrote are decoded by the fast path; one written before a field
+    existed (no `data_bytes`) gets its default; a record with a field bakfs does not know is
+    damage, not data."""
+    record = BackupRecord(backup_id="b-1", volume_id="vol-1", prefix="volume_vol-1/x",
+                          timestamp="20261201000000", parent_id=None,
+                          created_at="2026-12-01T00:00:00", name="n", description=None,
+                          size=1 << 30, chain=("b-1",), fingerprint="f", status="ok",
+                          codecs=("zstd",), data_bytes=4096)
+    decoded = BackupRecord.from_json(record.to_json())
+    assert decoded == record and isinstance(decoded.chain, tuple)
+    older = json.loads(record.to_json())
+    del older["data_bytes"]
+    assert BackupRecord.from_json(json.dumps(older).encode()).data_bytes is None
+    with pytest.raises(IndexCorrupt):
+        BackupRecord.from_json(json.dumps({**older, "unknown": 1}).encode())
