@@ -81,6 +81,7 @@ class MountService:
         self.unreadable: list[BackupRecord] = []  # quarantined backups, with the reason
         self.leftover_leases: dict[str, VolumeLease] = {}  # of failed backups, to release
         self._records_kept = False  # tsm_records are in the index as listed
+        self._showing = trio.Lock()  # one `_show` at a time, each on a fresh listing
         self._tuned = False
         self._fh = itertools.count(1)
 
@@ -139,13 +140,16 @@ class MountService:
         """Make the tree show what the index and the TSM records hold. Directory entries are
         cached by the kernel for DIR_TIMEOUT seconds only and listings never, so changes show
         without invalidation calls (which can deadlock when made while the kernel waits on
-        a request for the same inode)."""
-        every = await self.catalog.list_backups()
-        records = [r for r in every if r.status == "ok"]
-        self.unreadable = [r for r in every if r.status != "ok"]
-        backups: list[Backup] = [S3Backup(r, self.engine) for r in records]
-        backups += [TsmBackup(r, self.staging) for r in self.tsm_records]
-        self.tree.sync(backups)
+        a request for the same inode). One showing at a time: a listing that answers late
+        (a refresh's) must not undo a newer one (a commit's), or `latest` would serve the
+        previous backup right after the writer's close returned."""
+        async with self._showing:
+            every = await self.catalog.list_backups()
+            records = [r for r in every if r.status == "ok"]
+            self.unreadable = [r for r in every if r.status != "ok"]
+            backups: list[Backup] = [S3Backup(r, self.engine) for r in records]
+            backups += [TsmBackup(r, self.staging) for r in self.tsm_records]
+            self.tree.sync(backups)
         if self.nursery is not None:
             self.nursery.start_soon(self.measure_held)
         else:

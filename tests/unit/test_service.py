@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from bakfs.backup.simple import write_backup
 from bakfs.catalog.discovery import find_backups, load_metadata
+from bakfs.catalog.index import BackupRecord
 from bakfs.config import CacheOptions, Config, IndexOptions, KiB, S3Options
 from bakfs.errors import BackupFailed, OutOfOrderWrite, VolumeBusy
 from bakfs.mount.namespace import LATEST, METRICS, ROOT_INODE, STATUS, Node, Tree
@@ -355,3 +357,43 @@ def test_a_re_mount_shows_the_tsm_records_the_index_kept_before_any_listing(
 
 def _tsm_key(volume_id: str, backup_id: str) -> str:
     return f"bakfs-tsm/{volume_id}/{backup_id}.json"
+
+
+def test_a_listing_that_answers_late_never_undoes_a_newer_one(
+        tmp_path: Path, local_store: LocalStore) -> None:
+    """A refresh's listing of the index that answers after a backup was committed and shown
+    must not put the tree back as it was: `latest` would serve the older backup's bytes
+    right after the writer's close returned (seen under load in tests/faults/test_load)."""
+    options = S3Options(object_size=OBJECT, block_size=BLOCK)
+    write_backup(local_store, io.BytesIO(_image(1)), "vol-r", options)
+
+    async def main() -> None:
+        async with open_engine(_config(tmp_path), CountingStore(local_store)) as engine:
+            service = MountService(engine.config, engine, Tree(0.0))
+            await service.refresh()
+            original = service.catalog.list_backups
+            listed_first, release = trio.Event(), trio.Event()
+            calls = 0
+
+            async def first_answers_late(volume_id: str | None = None) -> list[BackupRecord]:
+                nonlocal calls
+                calls += 1
+                listed = await original(volume_id)
+                if calls == 1:  # a snapshot from before the commit, held back
+                    listed_first.set()
+                    await release.wait()
+                return listed
+
+            service.catalog.list_backups = first_answers_late  # type: ignore[method-assign]
+            show = functools.partial(service.refresh, list_store=False)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(show)
+                await listed_first.wait()
+                newer = write_backup(local_store, io.BytesIO(_image(2)), "vol-r", options)
+                await service.catalog.refresh()  # the commit's catalog.add, in effect
+                nursery.start_soon(show)  # the commit's own showing
+                await trio.sleep(0.5)  # ample for it to finish, unless it waits its turn
+                release.set()
+            assert _backup_node(service, "vol-r", newer.backup_id) is not None
+
+    trio.run(main)
