@@ -246,10 +246,8 @@ class Catalog:
         out: list[Span] = []
         position = offset
         while position < end:
-            starts, page_spans = await self._page(backup_id, position, end)
-            i = max(bisect.bisect_right(starts, position) - 1, 0)
             before = position
-            for span in page_spans[i:]:
+            for span in await self._spans_from(backup_id, position, end):
                 if span.end <= position:
                     continue
                 if span.offset >= end:
@@ -266,10 +264,8 @@ class Catalog:
         one go, so its time follows the data, not the volume's size."""
         position = offset
         while position < record.size:
-            starts, page_spans = await self._page(record.backup_id, position, record.size)
-            i = max(bisect.bisect_right(starts, position) - 1, 0)
             before = position
-            for span in page_spans[i:]:
+            for span in await self._spans_from(record.backup_id, position, record.size):
                 if span.end <= position:
                     continue
                 if span.kind == KIND_DATA or span.offset > position:
@@ -280,14 +276,15 @@ class Catalog:
                                    f"{position}")
         return position - offset
 
-    async def _page(self, backup_id: str, position: int, end: int
-                    ) -> tuple[list[int], list[Span]]:
-        """The cached page of spans holding `position`, looked up when missing."""
+    async def _spans_from(self, backup_id: str, position: int, end: int) -> list[Span]:
+        """The spans of the cached page holding `position`, from the one covering it on
+        (the page is looked up when missing; `end` bounds that lookup)."""
         page = self._pages.find(backup_id, position)
         if page is None:
             page = self._pages.add(
                 backup_id, await self._lookup(backup_id, position, end - position))
-        return page
+        starts, spans = page
+        return spans[max(bisect.bisect_right(starts, position) - 1, 0):]
 
     async def _lookup(self, backup_id: str, offset: int, size: int) -> list[Span]:
         self.lookups += 1
