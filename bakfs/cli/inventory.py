@@ -4,7 +4,6 @@ and keeping it healthy."""
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 
@@ -23,18 +22,12 @@ from bakfs.catalog.sync import RefreshResult, open_index
 from bakfs.cinder import record as cinder_record
 from bakfs.cli.progress import human_bytes
 from bakfs.config import Config
-from bakfs.errors import BadMetadata
 from bakfs.read.verify import verify
 from bakfs.store import open_store, store_identity
 from bakfs.store.base import ObjectStore
 from bakfs.threads import Bridge
-from bakfs.tsm.records import (
-    KEPT_NAME,
-    TsmRecord,
-    list_records,
-    records_from_json,
-    records_to_json,
-)
+from bakfs.tsm.kept import list_and_keep, read_kept
+from bakfs.tsm.records import TsmRecord
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -125,13 +118,14 @@ async def catalogue(config: Config, store: ObjectStore, volume_id: str | None,
         catalog = Catalog(store, index, bridge)
         refs = []
         stale = None
-        tsm = await _kept_records(catalog)
+        kept = await read_kept(catalog)
+        tsm = kept or []
         if cached and not index.rebuilt:
             stale = "--cached"
         else:
             refs = await bridge.run_s3(scan, store)
             await catalog.refresh([r for r in refs if r.complete])
-            tsm = await _list_records(catalog, bridge, store, volume_id, tsm)
+            tsm = await list_and_keep(catalog, volume_id, kept)
         records = await catalog.list_backups(volume_id)
     finally:
         await bridge.run_index(index.close)
@@ -140,26 +134,6 @@ async def catalogue(config: Config, store: ObjectStore, volume_id: str | None,
     if volume_id is not None:
         tsm = [r for r in tsm if r.volume_id == volume_id]
     return Listing(listed(records, incomplete), stale), tsm
-
-
-async def _kept_records(catalog: Catalog) -> list[TsmRecord]:
-    """The TSM records as the index kept them from the last listing (a mount's or ls's)."""
-    document = await catalog.kept(KEPT_NAME)
-    try:
-        return [] if document is None else records_from_json(document)
-    except BadMetadata:
-        return []
-
-
-async def _list_records(catalog: Catalog, bridge: Bridge, store: ObjectStore,
-                        volume_id: str | None, kept: list[TsmRecord]) -> list[TsmRecord]:
-    """The backups kept in TSM, listed beside the S3 ones: GETs for records the index has
-    not kept only; a whole listing that changed is kept for the next `ls` or mount."""
-    records = await bridge.run_s3(
-        functools.partial(list_records, store, volume_id, known=kept))
-    if volume_id is None and records != kept:
-        await catalog.keep(KEPT_NAME, records_to_json(records))
-    return records
 
 
 def verify_backup(config: Config, backup_id: str, deep: bool) -> int:

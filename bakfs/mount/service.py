@@ -13,7 +13,6 @@ Async, on trio; blocking work through `bakfs.threads`. Knows nothing of pyfuse3 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import logging
 import os
@@ -27,20 +26,15 @@ from bakfs.catalog.index import BackupRecord
 from bakfs.catalog.leases import VolumeLease
 from bakfs.cinder import naming
 from bakfs.config import Config
-from bakfs.errors import BackupFailed, BadMetadata, BakfsError, VolumeBusy
+from bakfs.errors import BackupFailed, BakfsError, VolumeBusy
 from bakfs.mount import status
 from bakfs.mount.incoming import IncomingBackup, TsmIncomingBackup
 from bakfs.mount.namespace import METRICS, ROOT_INODE, Node, Tree
 from bakfs.mount.readers import Backup, S3Backup, TsmBackup, TsmStaging, record_time
 from bakfs.procfs import holds_open, mount_device
 from bakfs.read.engine import Engine
-from bakfs.tsm.records import (
-    KEPT_NAME,
-    TsmRecord,
-    list_records,
-    records_from_json,
-    records_to_json,
-)
+from bakfs.tsm.kept import list_and_keep, read_kept
+from bakfs.tsm.records import TsmRecord
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +74,7 @@ class MountService:
         self.records_listed = trio.Event()  # its TSM records have (the first step of it)
         self.unreadable: list[BackupRecord] = []  # quarantined backups, with the reason
         self.leftover_leases: dict[str, VolumeLease] = {}  # of failed backups, to release
-        self._records_kept = False  # tsm_records are in the index as listed
+        self._kept_records: list[TsmRecord] | None = None  # the index's copy, as last known
         self._showing = trio.Lock()  # one `_show` at a time, each on a fresh listing
         self._tuned = False
         self._fh = itertools.count(1)
@@ -112,27 +106,18 @@ class MountService:
     async def _list_records(self) -> None:
         """List the TSM records (GETs for new ones only); a change is kept in the index,
         so the next start shows them before the store is even open."""
-        records = await self.bridge.run_s3(
-            functools.partial(list_records, self.store, known=self.tsm_records))
-        if records != self.tsm_records or not self._records_kept:
-            self.tsm_records = records
-            document = await self.bridge.run_cpu(records_to_json, records)
-            await self.catalog.keep(KEPT_NAME, document)
-            self._records_kept = True
+        self.tsm_records = await list_and_keep(self.catalog, None, self._kept_records,
+                                               seen=self.tsm_records)
+        self._kept_records = list(self.tsm_records)
 
     async def show_kept_records(self) -> bool:
         """At start: the TSM records as the index kept them from the last listing, so a
         directory listing need not wait for the store (`before_listing`). False when the
         index kept none (new or rebuilt): the first listing is then waited for."""
-        document = await self.catalog.kept(KEPT_NAME)
-        if document is None:
+        kept = await read_kept(self.catalog)
+        if kept is None:
             return False
-        try:
-            self.tsm_records = await self.bridge.run_cpu(records_from_json, document)
-        except BadMetadata as exc:
-            log.warning("%s; listing them from the store", exc)
-            return False
-        self._records_kept = True
+        self.tsm_records, self._kept_records = list(kept), kept
         self.records_listed.set()
         return True
 

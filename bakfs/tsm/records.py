@@ -18,13 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bakfs.cinder import naming
-from bakfs.errors import BackupNotFound, BadMetadata, FormatError, ObjectMissing
+from bakfs.errors import BackupNotFound, BadMetadata, ObjectMissing
 from bakfs.store.base import ObjectStore
 from bakfs.tsm.dsmc import MODES, Mode
 
 PREFIX = "bakfs-tsm/"
 RECORD_VERSION = 1
-KEPT_NAME = b"tsm-records"  # the index's copy of the last listing (`records_to_json`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,23 +124,6 @@ def list_records(store: ObjectStore, volume_id: str | None = None,
                for info in store.list(prefix) if info.key.endswith(".json")]
     records.sort(key=lambda r: (r.volume_id, r.created_at, r.backup_id))
     return records
-
-
-def records_to_json(records: Iterable[TsmRecord]) -> bytes:
-    """A listing as one document, for the index to keep (a re-mount shows it at once)."""
-    return json.dumps([record.as_dict() for record in records]).encode()
-
-
-def records_from_json(data: bytes) -> list[TsmRecord]:
-    """The listing `records_to_json` made; BadMetadata when it is not one."""
-    try:
-        docs = json.loads(data)
-        if not isinstance(docs, list):
-            raise ValueError("not a list")
-        return [TsmRecord.from_dict(doc, record_key(str(doc["volume_id"]),
-                                                    str(doc["backup_id"]))) for doc in docs]
-    except (ValueError, KeyError, TypeError, FormatError) as exc:
-        raise BadMetadata(f"the index's copy of the TSM records is unreadable: {exc}") from None
 
 
 def find_record(store: ObjectStore, backup_id: str) -> TsmRecord:

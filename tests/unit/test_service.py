@@ -26,6 +26,7 @@ from bakfs.mount.service import MountService
 from bakfs.read.engine import open_engine
 from bakfs.store.base import ObjectInfo
 from bakfs.store.localdir import LocalStore
+from bakfs.tsm.kept import read_kept
 from bakfs.tsm.records import TsmRecord, put_record
 from tests.read.conftest import CountingStore
 
@@ -395,5 +396,24 @@ def test_a_listing_that_answers_late_never_undoes_a_newer_one(
                 await trio.sleep(0.5)  # ample for it to finish, unless it waits its turn
                 release.set()
             assert _backup_node(service, "vol-r", newer.backup_id) is not None
+
+    trio.run(main)
+
+
+def test_a_tsm_backup_committed_through_the_mount_reaches_the_index_copy(
+        tmp_path: Path, local_store: LocalStore) -> None:
+    """A record the mount committed itself is shown at once and not fetched again, and the
+    next listing puts it in the index's copy for the next start."""
+    async def main() -> None:
+        store = CountingStore(local_store)
+        async with open_engine(_config(tmp_path), store) as engine:
+            service = MountService(engine.config, engine, Tree(0.0))
+            await service.refresh()
+            committed = _tsm_record("tsm-c", "vol-c")
+            put_record(local_store, committed)
+            service.tsm_records.append(committed)  # as _show_committed does
+            await service.refresh()
+            assert store.gets[_tsm_key("vol-c", "tsm-c")] == 0
+            assert await read_kept(service.catalog) == [committed]
 
     trio.run(main)
