@@ -3,6 +3,7 @@
 import hashlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -25,6 +26,11 @@ def test_put_get_head_and_ranges(store: ObjectStore) -> None:
     assert store.get(key, (5, 5)) == b""
     info = store.head(key)
     assert info.key == key and info.size == 10 and info.last_modified is not None
+    # the date of a HEAD (a header) and of a listing (the body) are the same instant, now
+    listed = next(iter(store.list(key)))
+    assert listed.last_modified is not None and listed.last_modified.tzinfo is not None
+    assert abs(listed.last_modified - info.last_modified) <= timedelta(seconds=1)
+    assert abs(info.last_modified - datetime.now(UTC)) <= timedelta(minutes=5)
     store.put(key, memoryview(b"replaced"))
     assert store.get(key) == b"replaced"
 
