@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     allocator.tune()  # before any thread exists
+    allocator.tune_collector()
     parser = build_parser()
     args = parser.parse_args(fstab.translate(list(sys.argv[1:] if argv is None else argv)))
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
