@@ -42,6 +42,7 @@ from bakfs.errors import (
     StoreRefused,
     StoreUnreachable,
 )
+from bakfs.store import s3listing
 from bakfs.store.base import CHUNK, ObjectInfo, describe_s3
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ def _make_client(options: S3Options) -> Any:
     )
     verify: bool | str | None = options.ca_cert_file if options.verify_ssl else False
     session = boto3.session.Session(botocore_session=_botocore_session())
-    return session.client(
+    client = session.client(
         "s3",
         endpoint_url=options.endpoint_url,
         aws_access_key_id=options.access_key.reveal(),
@@ -319,6 +320,8 @@ def _make_client(options: S3Options) -> Any:
         verify=verify,
         config=config,
     )
+    s3listing.register(client, _parse_timestamp)
+    return client
 
 
 class _S3OnlyLoader(botocore.loaders.Loader):

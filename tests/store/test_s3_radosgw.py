@@ -18,6 +18,7 @@ from bakfs.errors import (
     StoreUnreachable,
 )
 from bakfs.read.simple import restore
+from bakfs.store import s3listing
 from bakfs.store.s3 import S3Store
 from tests.conftest import S3Server
 
@@ -143,3 +144,35 @@ def test_a_body_that_breaks_off_while_streaming_is_fetched_again(s3_store: S3Sto
     breaks.extend([1] * 5)  # more breaks than attempts: the error says what happened
     with pytest.raises(StoreUnreachable, match="flaky"):
         s3_store.get("flaky")
+
+
+def test_a_listing_read_by_the_fast_parser_is_what_botocore_reads(
+        s3_store: S3Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Contents of a listing page are parsed by bakfs (s3listing): every key, size,
+    etag and date is what botocore's own parser gives, odd characters and pages included."""
+    keys = [f"volume_a/{i:04d}" for i in range(1005)] + [
+        "volume_a/x y+z", "volume_a/ä€", "volume_a/a&b<c>\"d'", "volume_a/100%25",
+        "volume_a/t\tab"]
+    for key in keys:
+        s3_store.put(key, key.encode())
+    pages: list[int] = []
+    parse = s3listing.parse_contents
+
+    def counted(body: bytes, parse_timestamp: Any) -> Any:
+        parsed = parse(body, parse_timestamp)
+        assert parsed is not None  # radosgw's pages are all read by the fast parser
+        pages.append(len(parsed[0]))
+        return parsed
+
+    monkeypatch.setattr(s3listing, "parse_contents", counted)
+    ours = [dataclasses.astuple(info) for info in s3_store.list("volume_a/")]
+    assert pages == [1000, 10]
+    plain = S3Store(s3_store.options)
+    plain._client.meta.events.unregister(s3listing.EVENT, unique_id=s3listing.HANDLER_ID)
+    try:
+        theirs = [dataclasses.astuple(info) for info in plain.list("volume_a/")]
+    finally:
+        plain.close()
+    assert pages == [1000, 10]  # botocore's parser alone read these
+    assert len(ours) == len(keys) and sorted(k for k, *_ in ours) == sorted(keys)
+    assert ours == theirs
