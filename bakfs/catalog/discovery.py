@@ -82,20 +82,23 @@ class _Tally:
 def scan(store: ObjectStore, volume_id: str | None = None) -> list[BackupRef]:
     """Every backup with objects in the store (of one volume, or all), complete or not, from
     one listing; oldest first per volume."""
-    tallies: dict[naming.BackupPrefix, _Tally] = {}
+    tallies: dict[str, _Tally] = {}  # by prefix text: 21,000 keys for 10,000 backups
     for info in store.list(naming.volume_listing_prefix(volume_id)):
-        parsed = naming.parse_key(info.key)
-        if parsed is None:
+        split = naming.split_key(info.key)
+        if split is None:
             continue
-        tally = tallies.setdefault(parsed.prefix, _Tally())
-        if parsed.number is not None:
+        prefix, rest = split
+        tally = tallies.get(prefix)
+        if tally is None:
+            tally = tallies[prefix] = _Tally()
+        if rest[0] == "-":
             tally.stored_bytes += info.size
             tally.data_objects += 1
-        elif parsed.document == "metadata":
+        elif rest == naming.METADATA_SUFFIX:
             tally.complete = True
             tally.fingerprint = fingerprint(info)
-    refs = [BackupRef(prefix, t.complete, t.fingerprint, t.stored_bytes, t.data_objects)
-            for prefix, t in tallies.items()]
+    refs = [BackupRef(naming.parse_prefix(prefix), t.complete, t.fingerprint, t.stored_bytes,
+                      t.data_objects) for prefix, t in tallies.items()]
     refs.sort(key=lambda r: (r.volume_id, r.prefix.timestamp, r.backup_id))
     return refs
 

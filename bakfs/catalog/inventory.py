@@ -109,7 +109,7 @@ class Entry:
         ok = record.status == STATUS_OK
         kind = ("unreadable" if not ok else "incremental" if record.parent_id else "full")
         return cls(record.backup_id, record.volume_id,
-                   naming.parse_prefix(record.prefix).started_at, kind, record.prefix,
+                   naming.timestamp_datetime(record.timestamp), kind, record.prefix,
                    size=record.size if ok else None, stored_bytes=record.stored_bytes,
                    data_objects=record.object_count, codecs=record.codecs,
                    parent_id=record.parent_id, created=record.created_at or None,

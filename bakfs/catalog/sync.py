@@ -81,9 +81,13 @@ class RefreshResult:
     volumes: int = 0
     seconds: float = 0.0
     rebuilt: str | None = None
+    # every record the index holds once the refresh is done (not in the JSON): `ls` prints
+    # them without reading the index a second time
+    records: list[BackupRecord] = dataclasses.field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                if field.name != "records"}
 
 
 def _clip(row: Row, start: int, end: int) -> Row:
@@ -274,6 +278,7 @@ class Cataloguer:
                     if any(item.backup_id not in present for item in items):
                         await slots.acquire()
                         nursery.start_soon(self._index_volume, items, present, result, slots)
+        result.records = list(present.values())
         result.backups = sum(1 for r in present.values() if r.status == STATUS_OK)
         result.volumes = len({r.volume_id for r in present.values()})
         result.seconds = round(time.monotonic() - started, 3)

@@ -11,6 +11,7 @@ import trio
 
 from bakfs.catalog.discovery import find_backup, load_chain, scan
 from bakfs.catalog.front import Catalog
+from bakfs.catalog.index import STATUS_BUILDING
 from bakfs.catalog.inventory import (
     Listing,
     incomplete,
@@ -23,8 +24,9 @@ from bakfs.cinder import record as cinder_record
 from bakfs.cli.progress import human_bytes
 from bakfs.config import Config
 from bakfs.read.verify import verify
-from bakfs.store import open_store, store_identity
+from bakfs.store import describe_store, open_store, store_identity
 from bakfs.store.base import ObjectStore
+from bakfs.store.opening import OpeningStore
 from bakfs.threads import Bridge
 from bakfs.tsm.kept import list_and_keep, read_kept
 from bakfs.tsm.records import TsmRecord
@@ -67,17 +69,22 @@ def export_record(config: Config, backup_id: str, as_json: bool = False) -> int:
 
 def list_backups(config: Config, volume_id: str | None, show_all: bool, as_json: bool,
                  cached: bool = False) -> int:
-    store = open_store(config)
+    # opened at its first use: `--cached` never imports boto3 (0.1 s)
+    store = OpeningStore(lambda: open_store(config), describe_store(config))
     try:
         listing, tsm = trio.run(catalogue, config, store, volume_id, show_all, cached)
     finally:
         store.close()
     backups = listing.backups
     if as_json:
-        print(json.dumps([b.as_dict() for b in backups] + [
+        # an array with one backup per line: json's C encoder does not indent, and the
+        # indenting one took 0.08 s of the 1 s that 10,000 backups take
+        items = [b.as_dict() for b in backups] + [
             {"backup_id": r.backup_id, "volume_id": r.volume_id, "kind": f"tsm-{r.mode}",
              "complete": True, "size": r.size, "created": r.created_at.isoformat(),
-             "name": r.name} for r in tsm], indent=2))
+             "name": r.name} for r in tsm]
+        print("[" + ",".join("\n  " + json.dumps(item) for item in items)
+              + ("\n]" if items else "]"))
         return 0
     for record in tsm:
         print(f"volume {record.volume_id} (TSM): {record.backup_id}  "
@@ -122,11 +129,13 @@ async def catalogue(config: Config, store: ObjectStore, volume_id: str | None,
         tsm = kept or []
         if cached and not index.rebuilt:
             stale = "--cached"
+            records = await catalog.list_backups(volume_id)
         else:
             refs = await bridge.run_s3(scan, store)
-            await catalog.refresh([r for r in refs if r.complete])
+            refreshed = await catalog.refresh([r for r in refs if r.complete])
             tsm = await list_and_keep(catalog, volume_id, kept)
-        records = await catalog.list_backups(volume_id)
+            records = [r for r in refreshed.records if r.status != STATUS_BUILDING
+                       and (volume_id is None or r.volume_id == volume_id)]
     finally:
         await bridge.run_index(index.close)
     incomplete = [r for r in refs if not r.complete and show_all

@@ -66,3 +66,17 @@ def test_bad_ids_are_refused_with_the_reason(value: str, reason: str) -> None:
 def test_naive_datetimes_are_refused() -> None:
     with pytest.raises(ValueError):
         naming.make_prefix(VOL, BAK, datetime(2026, 1, 1))
+
+
+def test_split_key_agrees_with_parse_key() -> None:
+    prefix = naming.make_prefix("vol-1", "b-1", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    for key in (naming.object_name(prefix, 7), naming.object_name(prefix, 123456),
+                naming.metadata_name(prefix), naming.sha256file_name(prefix),
+                f"{prefix}-12", f"{prefix}_other", "volume_x/2026/az_nova_backup_b-00001",
+                f"{prefix}/nested-00001", "bakfs-locks/vol-1"):
+        parsed, split = naming.parse_key(key), naming.split_key(key)
+        assert (parsed is None) == (split is None), key
+        if parsed is not None and split is not None:
+            assert naming.parse_prefix(split[0]) == parsed.prefix
+            assert split[0] + split[1] == key
+            assert (split[1][0] == "-") == (parsed.number is not None)
