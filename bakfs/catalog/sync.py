@@ -240,16 +240,19 @@ class Cataloguer:
         self.bridge = bridge
         self._reasons: dict[str, str | None] = {}  # why each backup was broken last time
 
-    async def refresh(self, listing: list[BackupRef] | None = None) -> RefreshResult:
-        """See the module docstring; `listing`: the complete backups, already listed."""
+    async def refresh(self, listing: list[BackupRef] | None = None,
+                      volume_id: str | None = None) -> RefreshResult:
+        """See the module docstring; `listing`: the complete backups, already listed;
+        `volume_id`: that volume's backups only (the rest of the index is left alone)."""
         started = time.monotonic()
         result = RefreshResult(rebuilt=self.index.rebuilt)
         if listing is None:
-            listing = await self.bridge.run_s3(find_backups, self.store)
-        listed = newest_per_id(listing)
+            listing = await self.bridge.run_s3(find_backups, self.store, volume_id)
+        listed = newest_per_id(item for item in listing
+                               if volume_id is None or item.volume_id == volume_id)
         by_id = {item.backup_id: item for item in listed}
-        known = {r.backup_id: r
-                 for r in await self.bridge.run_index(self.index.list_backups, None, True)}
+        known = {r.backup_id: r for r in
+                 await self.bridge.run_index(self.index.list_backups, volume_id, True)}
         self._reasons = {bid: r.error for bid, r in known.items() if r.status == STATUS_BROKEN}
 
         # Drop what left the store or changed, then everything that stands on those.
@@ -478,6 +481,8 @@ async def open_index(path: str | Path, bridge: Bridge, *, wipe: bool = False,
 
 
 async def refresh(store: ObjectStore, index: Index, bridge: Bridge,
-                  listing: list[BackupRef] | None = None) -> RefreshResult:
-    """Bring the index in step with the store; see the module docstring."""
-    return await Cataloguer(store, index, bridge).refresh(listing)
+                  listing: list[BackupRef] | None = None,
+                  volume_id: str | None = None) -> RefreshResult:
+    """Bring the index (or one volume of it) in step with the store; see the module
+    docstring."""
+    return await Cataloguer(store, index, bridge).refresh(listing, volume_id)

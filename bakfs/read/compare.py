@@ -260,7 +260,7 @@ async def verify_device_with(config: Config, backup_id: str, target_path: str, *
     if store is None:
         store = await bridge.run_s3(open_store, config)
     try:
-        async with open_catalog(config.index.path, store, bridge,
+        async with open_catalog(config.index.path, store, bridge, fill=False,
                                 identity=store_identity(config)) as catalog:
             record = await catalog.find(backup_id)
             sha = await fetch_sha256file(catalog, record)

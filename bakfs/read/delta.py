@@ -213,6 +213,6 @@ async def delta_restore_with(config: Config, backup_id: str, target: str, *,
                              resize: bool = False, on_start: OnStart | None = None
                              ) -> DeltaResult:
     """Open an engine for `config` and run a delta restore."""
-    async with open_engine(config, store) as engine:
+    async with open_engine(config, store, fill=False) as engine:
         return await delta_restore(engine, backup_id, target, dry_run=dry_run, resize=resize,
                                    on_start=on_start)

@@ -150,17 +150,18 @@ async def _gather(jobs: list[Callable[[], Awaitable[None]]]) -> None:
 
 @contextlib.asynccontextmanager
 async def open_engine(config: Config, store: ObjectStore | None = None, *,
-                      refresh: bool = False) -> AsyncIterator[Engine]:
+                      refresh: bool = False, fill: bool = True) -> AsyncIterator[Engine]:
     """The whole read engine for `config`; `store` replaces the configured one (tests, and
     the mount, which opens its store in the background). The index is refreshed at start
-    when asked, or when it was just (re)created."""
+    when asked, or when it was just (re)created and `fill` is true (a command that reads
+    one backup passes false: `catalog.find` indexes what that backup needs)."""
     bridge = Bridge.from_config(config)
     own_store = store is None
     if store is None:
         store = await bridge.run_s3(open_store, config)
     try:
         async with open_catalog(config.index.path, store, bridge, refresh=refresh,
-                                identity=store_identity(config)) as catalog:
+                                identity=store_identity(config), fill=fill) as catalog:
             with plain_errors():
                 async with (
                     ChunkCache.open(Path(config.cache.path), store, bridge,

@@ -281,7 +281,7 @@ async def restore_with(config: Config, backup_id: str, target: str, *,
                        check: bool = False, sha256: bool = False) -> RestoreResult:
     """Open an engine for `config` and restore. `on_start(volume size)` may return the
     progress callback (the CLI's bar)."""
-    async with open_engine(config, store) as engine:
+    async with open_engine(config, store, fill=False) as engine:
         record = await engine.catalog.find(backup_id)
         progress = on_start(record.size) if on_start is not None else None
         return await restore(engine, backup_id, target, progress, check=check, sha256=sha256)

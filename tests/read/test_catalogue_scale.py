@@ -31,11 +31,13 @@ from bakfs.cinder.codec import compress, md5_hex
 from bakfs.cinder.extents import Digests
 from bakfs.cinder.metadata import ObjectEntry, backup_documents
 from bakfs.config import S3Options
+from bakfs.read.restore import restore_with
 from bakfs.store.base import ObjectInfo, ObjectStore
 from bakfs.store.s3 import S3Store
 from bakfs.threads import Bridge
 from tests.conftest import S3Server, empty_bucket
 from tests.mount.fixtures import Mount, base_env
+from tests.read.conftest import module_config
 
 BIG_VOLUME = "vol-many"
 VOLUMES = 100  # besides the big one, each with a full and 9 incrementals
@@ -74,6 +76,9 @@ class MeteredStore:
 
     def head(self, key: str) -> ObjectInfo:
         return self.inner.head(key)
+
+    def iter_object(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        return self.inner.iter_object(key, chunk_size)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         self.lists += 1
@@ -200,3 +205,27 @@ def test_two_thousand_backups(catalogue: tuple[S3Store, dict[str, list[BackupRef
     names = os.listdir(mount.path / BIG_VOLUME)
     assert len(names) == 1001 and "latest" in names
     assert len([n for n in os.listdir(mount.path) if n.startswith("vol-")]) == VOLUMES + 1
+
+
+def test_a_restore_on_a_fresh_host_reads_only_its_own_volume(
+        catalogue: tuple[S3Store, dict[str, list[BackupRef]]], rgw: S3Server,
+        tmp_path: Path) -> None:
+    """A restore with an empty index lists the store once and reads the `_metadata` of the
+    backup's volume only, not the catalogue's 2,000; a later one of another volume adds
+    that volume and keeps the first."""
+    store, made = catalogue
+    metered = MeteredStore(store)
+    config = module_config(rgw, store.bucket, tmp_path)
+    for volume_id in ("vol-007", "vol-042"):
+        metered.reset()
+        wanted = made[volume_id][4]
+        target = tmp_path / f"{volume_id}.img"
+        result = trio.run(lambda w=wanted, t=target: restore_with(  # type: ignore[misc]
+            config, w.backup_id, str(t), store=metered))  # type: ignore[arg-type]
+        assert result.bytes == 4096 and target.read_bytes() == BLOCK_DATA
+        assert sorted(metered.metadata_gets) == sorted(r.metadata_key for r in made[volume_id])
+        assert metered.lists == 1
+    listed = _ls({**rgw.env(store.bucket), "BAKFS_INDEX_PATH": str(tmp_path / "index")},
+                 "--cached")
+    assert sorted({b["volume_id"] for b in listed}) == ["vol-007", "vol-042"]
+    assert len(listed) == 20
