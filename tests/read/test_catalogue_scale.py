@@ -25,12 +25,13 @@ import trio
 from bakfs.backup.simple import write_backup
 from bakfs.catalog.discovery import BackupRef
 from bakfs.catalog.inventory import delete
-from bakfs.catalog.sync import open_index, refresh
+from bakfs.catalog.sync import _load_each, open_index, refresh
 from bakfs.cinder import naming
 from bakfs.cinder.codec import compress, md5_hex
 from bakfs.cinder.extents import Digests
 from bakfs.cinder.metadata import ObjectEntry, backup_documents
 from bakfs.config import S3Options
+from bakfs.errors import StoreUnreachable
 from bakfs.read.restore import restore_with
 from bakfs.store.base import ObjectInfo, ObjectStore
 from bakfs.store.s3 import S3Store
@@ -229,3 +230,19 @@ def test_a_restore_on_a_fresh_host_reads_only_its_own_volume(
                  "--cached")
     assert sorted({b["volume_id"] for b in listed}) == ["vol-007", "vol-042"]
     assert len(listed) == 20
+
+
+def test_a_batch_of_documents_stops_at_an_unreachable_store(
+        catalogue: tuple[S3Store, dict[str, list[BackupRef]]], rgw: S3Server) -> None:
+    """One s3 thread reads several `_metadata` in a row; once the store cannot be reached,
+    the rest of its batch fail with that error at once instead of each waiting for its
+    own timeout, and a readable document is still read."""
+    store, made = catalogue
+    refs = made["vol-003"][:4]
+    down = MeteredStore(S3Store(rgw.options(store.bucket, endpoint_url="http://127.0.0.1:9",
+                                            retry_max_attempts=1)))
+    out = _load_each(down, refs)  # type: ignore[arg-type]
+    assert len(out) == 4 and all(isinstance(o, StoreUnreachable) for o in out)
+    assert sum(down.metadata_gets.values()) == 1
+    out = _load_each(store, refs)
+    assert [o.backup_id for o in out] == [r.backup_id for r in refs]  # type: ignore[union-attr]
