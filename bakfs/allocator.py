@@ -53,3 +53,10 @@ def tune_collector() -> None:
     """Collect cycles less often (COLLECTOR_THRESHOLDS); garbage without cycles is freed at
     once whatever the thresholds, so memory stays bounded."""
     gc.set_threshold(*COLLECTOR_THRESHOLDS)
+
+
+def spare_exit() -> None:
+    """Called once a command is done: the interpreter's last collection at exit walks every
+    object still alive (botocore's models, an index's records), 0.04-0.05 s of a 0.9 s
+    `bakfs ls`. Frozen objects are skipped by it and still freed as the modules go."""
+    gc.freeze()

@@ -340,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bakfs: interrupted", file=sys.stderr)
         return 130
+    finally:
+        allocator.spare_exit()
 
 
 if __name__ == "__main__":
