@@ -131,8 +131,10 @@ async def catalogue(config: Config, store: ObjectStore, volume_id: str | None,
             stale = "--cached"
             records = await catalog.list_backups(volume_id)
         else:
-            refs = await bridge.run_s3(scan, store)
-            refreshed = await catalog.refresh([r for r in refs if r.complete])
+            # `ls VOLUME` lists and refreshes that volume only: its keys, not the bucket's
+            refs = await bridge.run_s3(scan, store, volume_id)
+            refreshed = await catalog.refresh([r for r in refs if r.complete],
+                                              volume_id=volume_id)
             tsm = await list_and_keep(catalog, volume_id, kept)
             records = [r for r in refreshed.records if r.status != STATUS_BUILDING
                        and (volume_id is None or r.volume_id == volume_id)]

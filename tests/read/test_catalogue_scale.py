@@ -30,6 +30,7 @@ from bakfs.cinder import naming
 from bakfs.cinder.codec import compress, md5_hex
 from bakfs.cinder.extents import Digests
 from bakfs.cinder.metadata import ObjectEntry, backup_documents
+from bakfs.cli import inventory as inventory_cli
 from bakfs.config import S3Options
 from bakfs.errors import StoreUnreachable
 from bakfs.read.restore import restore_with
@@ -55,6 +56,7 @@ class MeteredStore:
         self.inner = inner
         self.metadata_gets: collections.Counter[str] = collections.Counter()
         self.lists = 0
+        self.prefixes: list[str] = []
         self.running = 0
         self.most = 0
         self._lock = threading.Lock()
@@ -83,10 +85,12 @@ class MeteredStore:
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         self.lists += 1
+        self.prefixes.append(prefix)
         return self.inner.list(prefix)
 
     def reset(self) -> None:
         self.metadata_gets.clear()
+        self.prefixes.clear()
         self.lists = self.most = 0
 
 
@@ -246,3 +250,18 @@ def test_a_batch_of_documents_stops_at_an_unreachable_store(
     assert sum(down.metadata_gets.values()) == 1
     out = _load_each(store, refs)
     assert [o.backup_id for o in out] == [r.backup_id for r in refs]  # type: ignore[union-attr]
+
+
+def test_ls_of_one_volume_lists_and_reads_that_volume_only(
+        catalogue: tuple[S3Store, dict[str, list[BackupRef]]], rgw: S3Server,
+        tmp_path: Path) -> None:
+    """`bakfs ls VOLUME` on an empty index lists that volume's keys and reads its
+    `_metadata`, not the bucket's 2,000."""
+    store, made = catalogue
+    metered = MeteredStore(store)
+    config = module_config(rgw, store.bucket, tmp_path)
+    listing, _tsm = trio.run(inventory_cli.catalogue, config, metered,  # type: ignore[arg-type]
+                             "vol-042", False, False)
+    assert [e.backup_id for e in listing.backups] == [r.backup_id for r in made["vol-042"]]
+    assert [p for p in metered.prefixes if p.startswith("volume_")] == ["volume_vol-042/"]
+    assert sorted(metered.metadata_gets) == sorted(r.metadata_key for r in made["vol-042"])
