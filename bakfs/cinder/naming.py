@@ -29,7 +29,7 @@ _KEY_RE = re.compile(
     _PREFIX_RE.pattern + r"(?:-(?P<number>\d{5,})|(?P<doc>_metadata|_sha256file))"
 )
 _SPLIT_RE = re.compile(
-    r"(volume_[^/]+/\d{14}/az_[^/]*?_backup_[^/]+?)(-\d{5,}|_metadata|_sha256file)")
+    f"(?P<prefix>{_PREFIX_RE.pattern})" + r"(?P<rest>-\d{5,}|_metadata|_sha256file)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,7 @@ def split_key(key: str) -> tuple[str, str] | None:
     """`parse_key` for a listing of thousands of keys: the backup's prefix as text and what
     follows it (`-00001`, `_metadata` or `_sha256file`), with nothing built per key."""
     m = _SPLIT_RE.fullmatch(key)
-    return None if m is None else (m[1], m[2])
+    return None if m is None else (m["prefix"], m["rest"])
 
 
 def parse_key(key: str) -> ParsedKey | None:
