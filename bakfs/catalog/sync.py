@@ -85,8 +85,9 @@ class RefreshResult:
     volumes: int = 0
     seconds: float = 0.0
     rebuilt: str | None = None
-    # every record the index holds once the refresh is done (not in the JSON): `ls` prints
-    # them without reading the index a second time
+    # every record the index holds once the refresh is done, of its volume when it was for
+    # one; never a half-built one (not in the JSON): `ls` prints them without reading the
+    # index a second time
     records: list[BackupRecord] = dataclasses.field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, object]:
@@ -330,18 +331,9 @@ class Cataloguer:
         await self._flush(volume, known)
         return known[ref.backup_id]
 
-    async def _fetch(self, item: BackupRef, volume: _Volume) -> None:
-        """GET and parse one `_metadata` (an s3 thread); an error is kept for its use."""
-        document: BackupMetadata | BakfsError
-        try:
-            document = await self.bridge.run_s3(load_metadata, self.store, item)
-        except BakfsError as exc:
-            document = exc
-        volume.documents[item.backup_id] = document
-        volume.fetched[item.backup_id].set()
-
     async def _fetch_batch(self, items: list[BackupRef], volume: _Volume) -> None:
-        """`_fetch` of several documents in one s3 thread, one after the other."""
+        """GET and parse the items' `_metadata`, one after the other in one s3 thread; an
+        error is kept for its use."""
         documents = await self.bridge.run_s3(_load_each, self.store, items)
         for item, document in zip(items, documents, strict=True):
             volume.documents[item.backup_id] = document
@@ -351,7 +343,7 @@ class Cataloguer:
         event = volume.fetched.get(item.backup_id)
         if event is None:  # not new (its record was dropped meanwhile): fetch it now
             volume.fetched[item.backup_id] = event = trio.Event()
-            await self._fetch(item, volume)
+            await self._fetch_batch([item], volume)
         await event.wait()
         document = volume.documents.pop(item.backup_id)
         if isinstance(document, BakfsError):
