@@ -11,7 +11,6 @@ import trio
 
 from bakfs.catalog.discovery import find_backup, load_chain, scan
 from bakfs.catalog.front import Catalog
-from bakfs.catalog.index import STATUS_BUILDING
 from bakfs.catalog.inventory import (
     Listing,
     incomplete,
@@ -136,8 +135,7 @@ async def catalogue(config: Config, store: ObjectStore, volume_id: str | None,
             refreshed = await catalog.refresh([r for r in refs if r.complete],
                                               volume_id=volume_id)
             tsm = await list_and_keep(catalog, volume_id, kept)
-            records = [r for r in refreshed.records if r.status != STATUS_BUILDING
-                       and (volume_id is None or r.volume_id == volume_id)]
+            records = refreshed.records  # of that volume when one is named
     finally:
         await bridge.run_index(index.close)
     incomplete = [r for r in refs if not r.complete and show_all
