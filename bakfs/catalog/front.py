@@ -42,6 +42,7 @@ MAX_CACHED_SPANS = 1 << 16  # bound of the in-memory extent pages
 REFRESH_AFTER_MISS = 5.0  # seconds between refreshes `find` may start for unknown ids
 REBUILD_PAUSE = 10.0  # seconds after a rebuild in which damage found again is only reported
 KEPT = b"kept/"  # prefix of the index's meta rows that `keep` writes
+FILLED = b"filled"  # meta row: a refresh of the whole store has ended on this index
 
 
 class _Pages:
@@ -111,21 +112,24 @@ class Catalog:
         self._last_reset = float("-inf")
         self._settled = trio.Event()  # unset from a reset until the index is filled again
         self._settled.set()
+        self._filled = False  # known to hold the whole store, as of some refresh
 
     # -- keeping in step with the store ----------------------------------------------------
 
     async def refresh(self, listing: list[BackupRef] | None = None, *,
-                      check: bool = False, volume_id: str | None = None
-                      ) -> sync.RefreshResult:
+                      check: bool = False, volume_id: str | None = None,
+                      pending: sync.Pending | None = None) -> sync.RefreshResult:
         """Bring the index in step with the store (one at a time). `listing`: the complete
         backups a caller has just listed, so the store is not listed twice; `check`: read
         every row of the index first and rebuild it if any is damaged (`bakfs index
-        refresh`); `volume_id`: that volume's backups only."""
+        refresh`); `volume_id`: that volume's backups only; `pending` (`sync.Pending`): a
+        reader waiting for one volume has it indexed next."""
         async with self._refresh_lock:
-            return await self._refresh(check, listing, volume_id)
+            return await self._refresh(check, listing, volume_id, pending)
 
     async def _refresh(self, check: bool, listing: list[BackupRef] | None = None,
-                       volume_id: str | None = None) -> sync.RefreshResult:
+                       volume_id: str | None = None,
+                       pending: sync.Pending | None = None) -> sync.RefreshResult:
         try:
             if check:
                 try:
@@ -137,7 +141,7 @@ class Catalog:
                                       f"first: {problems[0]})")
             try:
                 result = await sync.refresh(self.store, self.index, self.bridge, listing,
-                                            volume_id)
+                                            volume_id, pending)
             except IndexCorrupt as exc:
                 await self._reset(f"it was damaged ({exc})")
                 result = await sync.refresh(self.store, self.index, self.bridge, listing,
@@ -146,7 +150,18 @@ class Catalog:
             self._settled.set()  # whatever came of it, a reset is over
         self.last_refresh = time.monotonic()
         self._forget()
+        if volume_id is None and not self._filled:
+            await self.bridge.run_index(self.index.set_meta, FILLED, b"1")
+            self._filled = True
         return result
+
+    async def filled(self) -> bool:
+        """Whether a refresh of the whole store has ended on this index: false for a new
+        one, or one whose first build was cut short, or that a command filled with one
+        volume (`find`). A mount then shows the volumes from a listing first."""
+        if not self._filled:
+            self._filled = await self._index(self.index.get_meta, FILLED) is not None
+        return self._filled
 
     async def rebuild(self, reason: str, generation: int | None = None) -> None:
         """Recreate the index from nothing (after finding it damaged), unless it was rebuilt
@@ -166,6 +181,7 @@ class Catalog:
         log.error("index: %s; rebuilding it from the store", reason)
         self._settled = trio.Event()
         await self.bridge.run_index(self.index.reset, reason)
+        self._filled = False
         self.generation += 1
         self._last_reset = time.monotonic()
         self._forget()

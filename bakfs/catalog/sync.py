@@ -8,11 +8,13 @@ nothing new costs the listing alone. New `_metadata` documents are fetched N wid
 limiter, `s3.max_pool_connections`), several volumes at a time. A backup's extents are its
 parent's extents (read back from the index) overlaid with its own objects in one streaming
 merge, so an incremental costs its own objects, not its whole chain, and memory stays flat
-for any volume size. Small backups are written many to a transaction; a large one in
-bounded batches. A backup whose chain cannot be resolved (missing parent, bad metadata) is
-catalogued as broken with the reason, so reading it fails with that reason instead of "not
-found". A backup this process has just committed is added without a listing
-(`Cataloguer.add`).
+for any volume size. A reader that needs one volume before the refresh is done (a mount's
+first build, with the volume directories shown from the listing) asks for it through
+`Pending`: that volume is indexed next, and the reader waits for it alone. Small backups
+are written many to a transaction; a large one in bounded batches. A backup whose chain
+cannot be resolved (missing parent, bad metadata) is catalogued as broken with the reason,
+so reading it fails with that reason instead of "not found". A backup this process has
+just committed is added without a listing (`Cataloguer.add`).
 
 One backup never takes the others down: whatever its documents hold, or whatever the store
 answers for them (refused, missing, a key we lack), that backup is quarantined as broken
@@ -28,13 +30,14 @@ LMDB schema's byte layout (that is `bakfs.catalog.index`).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import shutil
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -66,6 +69,7 @@ from bakfs.threads import Bridge, plain_errors
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Row = tuple[int, int, int, int, int, int]  # offset, length, kind, owner, n, offset in object
 VOLUMES_AT_ONCE = 8  # volumes whose new backups are fetched and indexed at the same time
 # A merge of at most this many rows (parent's and own) runs on the event loop: it takes a few
@@ -74,6 +78,52 @@ INLINE_ROWS = 64
 # `_metadata` documents one s3 thread reads in a row: handing each GET to a thread of its own
 # cost ~0.1 ms of hops and wake-ups against ~1 ms for a small document's GET.
 FETCH_BATCH = 8
+
+
+class Pending:
+    """The volumes a refresh has yet to index, so that a reader can wait for one volume (and
+    have it indexed next) instead of the whole catalogue. Every volume's event is set once
+    its records are in the index (it is then in `indexed`), or when the refresh ends,
+    however it ends."""
+
+    def __init__(self) -> None:
+        self.volumes: dict[str, trio.Event] = {}
+        self.indexed: set[str] = set()
+        self._wanted: collections.deque[str] = collections.deque()
+
+    def add(self, volume_ids: Iterable[str]) -> None:
+        for volume_id in volume_ids:
+            self.volumes.setdefault(volume_id, trio.Event())
+
+    def want(self, volume_id: str) -> trio.Event | None:
+        """The event of a volume still to be indexed (which is indexed next), or None."""
+        event = self.volumes.get(volume_id)
+        if event is not None and not event.is_set():
+            self._wanted.append(volume_id)
+        return event
+
+    def next_of(self, queue: dict[str, T]) -> str:
+        """The volume of `queue` to index next: the oldest wanted one, else the first."""
+        while self._wanted:
+            volume_id = self._wanted.popleft()
+            if volume_id in queue:
+                return volume_id
+        return next(iter(queue))
+
+    def done(self, volume_id: str) -> None:
+        self.indexed.add(volume_id)
+        self.volumes.setdefault(volume_id, trio.Event()).set()
+
+    def end(self) -> None:
+        for event in self.volumes.values():
+            event.set()
+        self._wanted.clear()
+
+    def clear(self) -> None:
+        """None is pending any more (the index holds the whole store)."""
+        self.end()
+        self.volumes.clear()
+        self.indexed.clear()
 
 
 @dataclasses.dataclass
@@ -246,9 +296,19 @@ class Cataloguer:
         self._reasons: dict[str, str | None] = {}  # why each backup was broken last time
 
     async def refresh(self, listing: list[BackupRef] | None = None,
-                      volume_id: str | None = None) -> RefreshResult:
+                      volume_id: str | None = None, pending: Pending | None = None
+                      ) -> RefreshResult:
         """See the module docstring; `listing`: the complete backups, already listed;
-        `volume_id`: that volume's backups only (the rest of the index is left alone)."""
+        `volume_id`: that volume's backups only (the rest of the index is left alone);
+        `pending`: told which volumes are left, asked which one to index next."""
+        pending = pending if pending is not None else Pending()
+        try:
+            return await self._refresh(listing, volume_id, pending)
+        finally:
+            pending.end()
+
+    async def _refresh(self, listing: list[BackupRef] | None, volume_id: str | None,
+                       pending: Pending) -> RefreshResult:
         started = time.monotonic()
         result = RefreshResult(rebuilt=self.index.rebuilt)
         if listing is None:
@@ -278,14 +338,22 @@ class Cataloguer:
                 result.removed.append(bid)
         present = {bid: r for bid, r in known.items() if bid not in stale}
 
-        # Add the new ones, several volumes at a time, parents before children.
+        # Add the new ones, several volumes at a time (a wanted one first), parents before
+        # children.
+        queue = {volume: items for volume, items in _by_volume(listed)
+                 if any(item.backup_id not in present for item in items)}
+        pending.add(queue)
+        for volume in list(pending.volumes):
+            if volume not in queue:
+                pending.done(volume)  # indexed already: its reader need not wait
         slots = trio.Semaphore(VOLUMES_AT_ONCE)
         with plain_errors():
             async with trio.open_nursery() as nursery:
-                for _volume_id, items in _by_volume(listed):
-                    if any(item.backup_id not in present for item in items):
-                        await slots.acquire()
-                        nursery.start_soon(self._index_volume, items, present, result, slots)
+                while queue:
+                    await slots.acquire()
+                    items = queue.pop(pending.next_of(queue))
+                    nursery.start_soon(self._index_volume, items, present, result, slots,
+                                       pending)
         result.records = list(present.values())
         result.backups = sum(1 for r in present.values() if r.status == STATUS_OK)
         result.volumes = len({r.volume_id for r in present.values()})
@@ -293,7 +361,8 @@ class Cataloguer:
         return result
 
     async def _index_volume(self, items: list[BackupRef], present: dict[str, BackupRecord],
-                            result: RefreshResult, slots: trio.Semaphore) -> None:
+                            result: RefreshResult, slots: trio.Semaphore,
+                            pending: Pending) -> None:
         """Fetch the new `_metadata` of one volume N wide, then index them in order."""
         try:
             volume = _Volume({item.backup_id: item for item in items})
@@ -308,6 +377,7 @@ class Cataloguer:
                     await self._ensure(item, volume, present, result, [])
                 await self._flush(volume, present)
             log.debug("index: volume %s done", items[0].volume_id)
+            pending.done(items[0].volume_id)
         finally:
             slots.release()
 
@@ -506,7 +576,8 @@ async def open_index(path: str | Path, bridge: Bridge, *, wipe: bool = False,
 
 async def refresh(store: ObjectStore, index: Index, bridge: Bridge,
                   listing: list[BackupRef] | None = None,
-                  volume_id: str | None = None) -> RefreshResult:
+                  volume_id: str | None = None, pending: Pending | None = None
+                  ) -> RefreshResult:
     """Bring the index (or one volume of it) in step with the store; see the module
     docstring."""
-    return await Cataloguer(store, index, bridge).refresh(listing, volume_id)
+    return await Cataloguer(store, index, bridge).refresh(listing, volume_id, pending)
