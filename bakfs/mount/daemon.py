@@ -1,16 +1,17 @@
 """The mount's life in the daemon, once `bakfs.mount.launch` has checked the mountpoint,
-forked and started opening the store: open the read engine (a new index is filled from the
-store first; a known one is not) → the tree from the index → pyfuse3.init → ready → list the
-store, its TSM records first (a lookup of a name the tree lacks waits for the whole first
-listing; a directory listing for the records only) → serve until unmounted or
-SIGTERM/SIGINT → abandon unfinished incoming backups (nothing committed) → unmount.
+forked and started opening the store: open the read engine → the tree from the index (a new
+index: the store is listed first, and each volume shown as a directory) → pyfuse3.init →
+ready → list the store, its TSM records first, or fill a new index from the listing (a
+volume whose directory is opened meanwhile is indexed next; a lookup of a name the tree
+lacks waits for what would show it; a directory listing for the records only) → serve
+until unmounted or SIGTERM/SIGINT → abandon unfinished incoming backups (nothing committed)
+→ unmount.
 
 The user-side commands on a running mount are `bakfs.mount.control`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import time
@@ -54,14 +55,17 @@ def serve(config: Config, store: OpeningStore, mountpoint: Path, fuse_options: l
 async def _serve_store(config: Config, store: OpeningStore, mountpoint: Path,
                        fuse_options: list[str], notify: Callable[[str], None],
                        permissions: Permissions) -> None:
-    async with open_engine(config, store) as engine:
+    async with open_engine(config, store, fill=False) as engine:
         tree = Tree(time.time())
         service = MountService(config, engine, tree)
-        # the tree as the index knows it; a new index was just filled from the store by
-        # open_engine (the store is open then); the store is listed once the mount is up
-        index_listed = engine.catalog.last_refresh != float("-inf")
+        # the tree as the index knows it, or, on a new index (or one not yet filled from
+        # the whole store), the volumes as the store lists them (the store is open then;
+        # their backups are indexed once the mount is up)
         await service.show_kept_records()
-        await service.refresh(list_store=False)
+        if not await engine.catalog.filled():
+            await service.list_volumes()
+        else:
+            await service.refresh(list_store=False)
         store.start()  # a re-mount's tree is shown: now the store (see mount.launch)
         service.mountpoint = mountpoint
         operations = Operations(service, permissions)
@@ -76,8 +80,7 @@ async def _serve_store(config: Config, store: OpeningStore, mountpoint: Path,
             async with trio.open_nursery() as nursery:
                 service.nursery = nursery
                 await _start_staging(service, nursery)
-                nursery.start_soon(functools.partial(service.first_listing,
-                                                     index_listed=index_listed))
+                nursery.start_soon(service.first_listing)
                 nursery.start_soon(service.refresh_loop)
                 nursery.start_soon(_terminate_on_signal)
                 notify("ready")

@@ -125,9 +125,8 @@ class Operations(pyfuse3.Operations):
             node = self._node(parent_inode)
             return self.attributes(self._node(node.parent or ROOT_INODE))
         node = self.tree.lookup(parent_inode, text)
-        if node is None and not self.service.listed.is_set():
-            await self.service.wait_listed()  # the store may have it: wait for its listing
-            node = self.tree.lookup(parent_inode, text)
+        if node is None:  # the store may have it: wait until it would show
+            node = await self.service.find_name(self._node(parent_inode), text)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.attributes(node)
@@ -146,9 +145,10 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if not self._node(inode).is_dir:
+        node = self._node(inode)
+        if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        await self.service.before_listing()
+        await self.service.before_listing(node)
         return inode
 
     @_errors

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -178,9 +178,11 @@ class Tree:
     def backups(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.kind == "backup"]
 
-    def sync(self, backups: Sequence[BackupFile]) -> None:
-        """Show exactly these (readable) backups, whichever store keeps them."""
-        by_volume: dict[str, list[BackupFile]] = {}
+    def sync(self, backups: Sequence[BackupFile], pending: Collection[str] = ()) -> None:
+        """Show exactly these (readable) backups, whichever store keeps them, and a directory
+        for each `pending` volume (listed in the store, its backups not indexed yet), with
+        what of it is known so far."""
+        by_volume: dict[str, list[BackupFile]] = {v: [] for v in pending if can_show(v)}
         for backup in backups:
             if can_show(backup.volume_id):
                 by_volume.setdefault(backup.volume_id, []).append(backup)
@@ -188,11 +190,17 @@ class Tree:
             if self.nodes[inode].kind == "dir" and name not in by_volume:
                 self._remove(inode)
         for volume_id, volume_backups in by_volume.items():
-            directory = self.lookup(ROOT_INODE, volume_id)
-            if directory is None:
-                directory = self._add(("volume", volume_id), volume_id, "dir", ROOT_INODE)
-                directory.volume_id = volume_id
-            self._sync_volume(directory, volume_backups)
+            self.sync_volume(volume_id, volume_backups)
+
+    def sync_volume(self, volume_id: str, backups: Sequence[BackupFile]) -> None:
+        """Show exactly these backups in the volume's directory (made when missing)."""
+        if not can_show(volume_id):
+            return
+        directory = self.lookup(ROOT_INODE, volume_id)
+        if directory is None:
+            directory = self._add(("volume", volume_id), volume_id, "dir", ROOT_INODE)
+            directory.volume_id = volume_id
+        self._sync_volume(directory, list(backups))
 
     def _sync_volume(self, directory: Node, backups: list[BackupFile]) -> None:
         wanted = {backup_file_name(b): b for b in backups}

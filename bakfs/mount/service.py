@@ -16,14 +16,16 @@ import dataclasses
 import itertools
 import logging
 import os
+import time
 from pathlib import Path
 
 import trio
 
 from bakfs.backup.plan import ParentCandidate
-from bakfs.catalog.discovery import BackupRef
+from bakfs.catalog.discovery import BackupRef, find_backups
 from bakfs.catalog.index import BackupRecord
 from bakfs.catalog.leases import VolumeLease
+from bakfs.catalog.sync import Pending
 from bakfs.cinder import naming
 from bakfs.config import Config
 from bakfs.errors import BackupFailed, BakfsError, VolumeBusy
@@ -72,6 +74,11 @@ class MountService:
         self.tsm_records: list[TsmRecord] = []  # as last listed
         self.listed = trio.Event()  # the store has been listed once since the start
         self.records_listed = trio.Event()  # its TSM records have (the first step of it)
+        # a new index: the store's listing made before the mount was up, and the volumes
+        # shown from it whose backups its first build has yet to index
+        self.first_build: list[BackupRef] | None = None
+        self.pending = Pending()
+        self._volumes_shown: set[str] = set()  # pending volumes shown since they were indexed
         self.unreadable: list[BackupRecord] = []  # quarantined backups, with the reason
         self.leftover_leases: dict[str, VolumeLease] = {}  # of failed backups, to release
         self._kept_records: list[TsmRecord] | None = None  # the index's copy, as last known
@@ -100,7 +107,7 @@ class MountService:
                 await self.catalog.refresh()
             if list_tsm:
                 await self._list_records()
-        await self._show()
+        await self._show(complete=list_store and list_index)
         self.counters.refreshes += 1
 
     async def _list_records(self) -> None:
@@ -121,29 +128,98 @@ class MountService:
         self.records_listed.set()
         return True
 
-    async def _show(self) -> None:
+    async def list_volumes(self) -> None:
+        """A new index, before the mount is up: list the store once and show a directory
+        for each volume in it. Their backups are indexed once the mount is up
+        (`first_listing`); a directory opened meanwhile has its volume indexed next and
+        waits for that one alone (`volume_ready`), not for the whole catalogue."""
+        listing = await self.bridge.run_s3(find_backups, self.store)
+        self.first_build = listing
+        self.pending.add(sorted({ref.volume_id for ref in listing}))
+        log.info("index: new; %d volumes listed, their backups are indexed once mounted "
+                 "(a volume opened first is indexed first)", len(self.pending.volumes))
+        await self._show()
+
+    async def volume_ready(self, volume_id: str) -> None:
+        """Return once the volume's backups are indexed and shown: at once, unless the first
+        build has yet to reach it (it is then indexed next). A volume that a build cut
+        short (the store failed) did not index is indexed alone, now: an error then is the
+        caller's (EIO, the reason in the log), and the next opening tries again."""
+        pending = self.pending
+        if volume_id not in pending.volumes or volume_id in self._volumes_shown:
+            return
+        event = pending.want(volume_id)
+        if event is not None and self.first_build is not None:
+            await event.wait()
+        if volume_id not in pending.indexed and self.first_build is None:
+            try:
+                await self.catalog.refresh(volume_id=volume_id)
+            except BakfsError as exc:
+                log.warning("cannot index volume %s: %s", volume_id, exc)
+                raise
+            pending.done(volume_id)
+        async with self._showing:
+            if volume_id not in pending.volumes:
+                return  # no longer pending: the whole tree was shown meanwhile
+            records = await self.catalog.list_backups(volume_id)
+            backups: list[Backup] = [S3Backup(r, self.engine) for r in records
+                                     if r.status == "ok"]
+            backups += [TsmBackup(r, self.staging) for r in self.tsm_records
+                        if r.volume_id == volume_id]
+            if backups or volume_id in self.pending.volumes:
+                self.tree.sync_volume(volume_id, backups)
+            self._volumes_shown.add(volume_id)
+            directory = self.tree.lookup(ROOT_INODE, volume_id)
+            shown = [] if directory is None else [
+                n for n in self.tree.listing(directory.inode) if n.kind == "backup"]
+        await self._measure_soon(shown)
+
+    async def _build(self, listing: list[BackupRef]) -> None:
+        """A new index's first build from the listing `list_volumes` made. Cut short (the
+        store failed), the volumes it did not index stay shown, each indexed alone when it
+        is opened, all of them at the next refresh."""
+        started = time.monotonic()
+        try:
+            result = await self.catalog.refresh(listing, pending=self.pending)
+        finally:
+            self.first_build = None
+        await self._show(complete=True)
+        self.counters.refreshes += 1
+        log.info("index: %d backups of %d volumes indexed in %.1f s", result.backups,
+                 result.volumes, time.monotonic() - started)
+
+    async def _show(self, *, complete: bool = False) -> None:
         """Make the tree show what the index and the TSM records hold. Directory entries are
         cached by the kernel for DIR_TIMEOUT seconds only and listings never, so changes show
         without invalidation calls (which can deadlock when made while the kernel waits on
         a request for the same inode). One showing at a time: a listing that answers late
         (a refresh's) must not undo a newer one (a commit's), or `latest` would serve the
-        previous backup right after the writer's close returned."""
+        previous backup right after the writer's close returned. `complete`: the index
+        holds the whole store now, no volume is pending any more (a reader waiting for one
+        finds it shown)."""
         async with self._showing:
             every = await self.catalog.list_backups()
             records = [r for r in every if r.status == "ok"]
             self.unreadable = [r for r in every if r.status != "ok"]
             backups: list[Backup] = [S3Backup(r, self.engine) for r in records]
             backups += [TsmBackup(r, self.staging) for r in self.tsm_records]
-            self.tree.sync(backups)
-        if self.nursery is not None:
-            self.nursery.start_soon(self.measure_held)
-        else:
-            await self.measure_held()
+            if complete:
+                self.pending.clear()
+                self._volumes_shown.clear()
+            self.tree.sync(backups, pending=[v for v in self.pending.volumes
+                                             if v not in self._volumes_shown])
+        await self._measure_soon()
 
-    async def measure_held(self) -> None:
-        """Bytes that are not holes or zero objects, per backup, so `du` and st_blocks tell
-        the truth (no object is fetched)."""
-        for node in self.tree.backups():
+    async def _measure_soon(self, nodes: list[Node] | None = None) -> None:
+        if self.nursery is not None:
+            self.nursery.start_soon(self.measure_held, nodes)
+        else:
+            await self.measure_held(nodes)
+
+    async def measure_held(self, nodes: list[Node] | None = None) -> None:
+        """Bytes that are not holes or zero objects, per backup (of `nodes`, else of the
+        tree), so `du` and st_blocks tell the truth (no object is fetched)."""
+        for node in self.tree.backups() if nodes is None else nodes:
             if node.held is not None or node.backup is None:
                 continue
             try:
@@ -151,17 +227,20 @@ class MountService:
             except BakfsError as exc:
                 log.warning("cannot measure %s: %s", node.name, exc)
 
-    async def first_listing(self, *, index_listed: bool) -> None:
+    async def first_listing(self) -> None:
         """At start, after the mount is up: list the store (the index's view was shown
         meanwhile). First the TSM records, one short LIST (a re-mount showed the index's copy
-        of them meanwhile); then, unless the index was just filled, the store's backups, a
-        listing that grows with the bucket. Until this ends, a name the tree lacks waits for
-        it (`wait_listed`); a directory listing waits for the records (`before_listing`)
-        unless the index's copy was shown."""
+        of them meanwhile); then the store's backups, a listing that grows with the bucket
+        (a new index: the first build, from the listing `list_volumes` made). Until this
+        ends, a name the tree lacks waits for it (`find_name`); a directory listing
+        waits for the records (`before_listing`) unless the index's copy was shown, and a
+        volume's directory for its volume to be indexed."""
         try:
             await self.refresh(list_index=False)
             self.records_listed.set()
-            if not index_listed:
+            if self.first_build is not None:
+                await self._build(self.first_build)
+            else:
                 await self.refresh(list_tsm=False)
         except BakfsError as exc:
             log.warning("cannot list %s (%s): showing the %d backups the index knows, "
@@ -178,12 +257,33 @@ class MountService:
         if not self.listed.is_set():
             await self.listed.wait()
 
-    async def before_listing(self) -> None:
+    async def find_name(self, directory: Node, name: str) -> Node | None:
+        """The node of a name the tree lacks, once what would show it is known: in a volume
+        still to be indexed, that volume (then the TSM records, if it is not an S3
+        backup); in the root, when the volumes were listed before the mount was up, the TSM
+        records; else the whole first listing."""
+        if directory.volume_id is not None and directory.volume_id in self.pending.volumes:
+            await self.volume_ready(directory.volume_id)
+            if self.tree.lookup(directory.inode, name) is None:
+                await self.records_listed.wait()
+        elif directory.inode == ROOT_INODE and self.pending.volumes:
+            await self.records_listed.wait()
+        else:
+            await self.wait_listed()
+        return self.tree.lookup(directory.inode, name)
+
+    async def before_listing(self, directory: Node) -> None:
         """A directory listing shows the index's backups and the TSM records without
         waiting for the store's backups to be listed (that listing grows with the bucket,
         minutes for millions of objects); an empty tree (a new index whose store was away)
-        waits for the whole first listing."""
-        await (self.records_listed if self.tree.backups() else self.listed).wait()
+        waits for the whole first listing. A volume the first build has yet to index is
+        indexed next and waited for."""
+        if self.tree.backups() or self.pending.volumes:
+            await self.records_listed.wait()
+        else:
+            await self.listed.wait()
+        if directory.volume_id is not None:
+            await self.volume_ready(directory.volume_id)
 
     async def refresh_loop(self) -> None:
         while True:
@@ -271,6 +371,7 @@ class MountService:
     async def _newest(self, volume_id: str) -> ParentCandidate | None:
         """The volume's newest readable backup the index knows: the parent an incremental
         written into incoming/ stands on (when it fits)."""
+        await self.volume_ready(volume_id)
         records = [r for r in await self.catalog.list_backups(volume_id) if r.status == "ok"]
         if not records:
             return None

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ import pytest
 import trio
 
 from bakfs.backup.simple import write_backup
-from bakfs.catalog.discovery import BackupRef
+from bakfs.catalog.discovery import BackupRef, find_backups, newest_per_id
 from bakfs.catalog.inventory import delete
 from bakfs.catalog.sync import _load_each, open_index, refresh
 from bakfs.cinder import naming
@@ -38,7 +39,7 @@ from bakfs.store.base import ObjectInfo, ObjectStore
 from bakfs.store.s3 import S3Store
 from bakfs.threads import Bridge
 from tests.conftest import S3Server, empty_bucket
-from tests.mount.fixtures import Mount, base_env
+from tests.mount.fixtures import Mount, base_env, unmount
 from tests.read.conftest import module_config
 
 BIG_VOLUME = "vol-many"
@@ -265,3 +266,35 @@ def test_ls_of_one_volume_lists_and_reads_that_volume_only(
     assert [e.backup_id for e in listing.backups] == [r.backup_id for r in made["vol-042"]]
     assert [p for p in metered.prefixes if p.startswith("volume_")] == ["volume_vol-042/"]
     assert sorted(metered.metadata_gets) == sorted(r.metadata_key for r in made["vol-042"])
+
+
+def test_a_first_mount_shows_every_volume_and_reads_one_before_the_index_is_built(
+        catalogue: tuple[S3Store, dict[str, list[BackupRef]]], rgw: S3Server, tmp_path: Path,
+        start_mount: object) -> None:
+    """A mount on an empty index is up once the store is listed, with every volume's
+    directory; a volume opened while the index is being built has its backups indexed next
+    and served (the unit test in test_service shows the order). The build ends with the
+    whole catalogue, and a re-mount of that index does not list the store first."""
+    store, made = catalogue  # as the tests before left it
+    per_volume = collections.Counter(r.volume_id for r in newest_per_id(find_backups(store)))
+    env = {**base_env(rgw, store.bucket, tmp_path), "BAKFS_INDEX_PATH": str(tmp_path / "index"),
+           "BAKFS_INDEX_REFRESH_INTERVAL": "3600", "BAKFS_S3_MAX_POOL_CONNECTIONS": "2"}
+    mount: Mount = start_mount(env)  # type: ignore[operator]
+    volumes = sorted(n for n in os.listdir(mount.path) if n.startswith("vol-"))
+    assert volumes == sorted(made)
+    late = mount.path / f"vol-{VOLUMES - 1:03d}"
+    names = os.listdir(late)
+    assert len(names) == per_volume[late.name] + 1 and "latest" in names
+    assert (late / "latest").read_bytes() == BLOCK_DATA  # an incremental: nothing changed
+    deadline = time.monotonic() + 120
+    done = f"index: {per_volume.total()} backups of {len(per_volume)} volumes indexed"
+    while done not in mount.log_text():
+        assert time.monotonic() < deadline, mount.log_text()[-3000:]
+        time.sleep(0.2)
+    assert {v: len(os.listdir(mount.path / v)) - 1 for v in volumes} == per_volume
+    text = mount.log_text()
+    assert text.index("volumes listed") < text.index("mounted ") < text.index(done)
+    unmount(mount.path, mount.process)
+    again: Mount = start_mount(env)  # type: ignore[operator]
+    assert sorted(n for n in os.listdir(again.path) if n.startswith("vol-")) == volumes
+    assert "volumes listed" not in again.log_text()  # the index is filled: no LIST first

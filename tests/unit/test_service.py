@@ -9,7 +9,7 @@ import os
 import random
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,10 +17,11 @@ import trio
 import trio.testing
 
 from bakfs.backup.simple import write_backup
+from bakfs.catalog import sync
 from bakfs.catalog.discovery import find_backups, load_metadata
 from bakfs.catalog.index import BackupRecord
 from bakfs.config import CacheOptions, Config, IndexOptions, KiB, S3Options
-from bakfs.errors import BackupFailed, OutOfOrderWrite, VolumeBusy
+from bakfs.errors import BackupFailed, OutOfOrderWrite, StoreUnreachable, VolumeBusy
 from bakfs.mount.namespace import LATEST, METRICS, ROOT_INODE, STATUS, Node, Tree
 from bakfs.mount.service import MountService
 from bakfs.read.engine import open_engine
@@ -282,9 +283,9 @@ def test_a_re_mounts_directory_listing_waits_for_the_tsm_records_not_the_store(
             service = MountService(engine.config, engine, Tree(0.0))
             service.nursery = nursery
             await service.refresh(list_store=False)
-            nursery.start_soon(functools.partial(service.first_listing, index_listed=False))
+            nursery.start_soon(service.first_listing)
             with trio.fail_after(10):
-                await service.before_listing()
+                await service.before_listing(service.tree.nodes[ROOT_INODE])
             names = {n.name for n in service.tree.listing(ROOT_INODE)}
             assert {"vol-k", "vol-t"} <= names  # the index's volume and the TSM one
             assert not any(n.name.endswith(new.backup_id) for n in service.tree.backups())
@@ -340,9 +341,9 @@ def test_a_re_mount_shows_the_tsm_records_the_index_kept_before_any_listing(
             service.nursery = nursery
             assert await service.show_kept_records()
             await service.refresh(list_store=False)
-            nursery.start_soon(functools.partial(service.first_listing, index_listed=True))
-            with trio.fail_after(10):
-                await service.before_listing()  # no listing has answered
+            nursery.start_soon(service.first_listing)
+            with trio.fail_after(10):  # no listing has answered
+                await service.before_listing(service.tree.nodes[ROOT_INODE])
             names = {n.name for n in service.tree.listing(ROOT_INODE)}
             assert "vol-t" in names and "vol-u" not in names
             store.release.set()
@@ -415,5 +416,134 @@ def test_a_tsm_backup_committed_through_the_mount_reaches_the_index_copy(
             await service.refresh()
             assert store.gets[_tsm_key("vol-c", "tsm-c")] == 0
             assert await read_kept(service.catalog) == [committed]
+
+    trio.run(main)
+
+
+class _OrderedGets(CountingStore):
+    """Records the order in which `_metadata` documents are read."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        super().__init__(inner)
+        self.order: list[str] = []
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        if key.endswith("_metadata"):
+            with self._lock:
+                self.order.append(key.split("/")[0].removeprefix("volume_"))
+        return super().get(key, byte_range)
+
+
+def test_a_new_index_shows_the_volumes_at_once_and_indexes_an_opened_one_first(
+        tmp_path: Path, local_store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first mount (a new index) shows each volume's directory from one listing, before
+    any `_metadata` is read. A directory opened while the index is built has its volume
+    indexed next, and waits for that volume only; a backup written into incoming/ meanwhile
+    still stands on its volume's newest backup. At the end the tree shows the whole
+    catalogue, and a volume whose one backup cannot be read is gone."""
+    monkeypatch.setattr(sync, "VOLUMES_AT_ONCE", 1)  # one volume at a time: the order shows
+    options = S3Options(object_size=OBJECT, block_size=BLOCK)
+    made: dict[str, list[str]] = {}
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+    for i in range(12):
+        volume_id = f"vol-{i:02d}"
+        full = write_backup(local_store, io.BytesIO(_image(i)), volume_id, options, now=when)
+        incremental = write_backup(local_store, io.BytesIO(_image(100 + i)), volume_id,
+                                   options, parent=full, now=when + timedelta(hours=1))
+        made[volume_id] = [full.backup_id, incremental.backup_id]
+    bad = write_backup(local_store, io.BytesIO(_image(50)), "vol-bad", options, now=when)
+    local_store.put(bad.metadata_key, b"{not json")
+    store = _OrderedGets(local_store)
+
+    async def main() -> None:
+        async with open_engine(_config(tmp_path), store, fill=False) as engine, \
+                trio.open_nursery() as nursery:
+            service = MountService(engine.config, engine, Tree(0.0))
+            service.nursery = nursery
+            await service.list_volumes()
+            root = service.tree.nodes[ROOT_INODE]
+            assert {n.name for n in service.tree.listing(ROOT_INODE) if n.kind == "dir"} == \
+                {*made, "vol-bad"}
+            assert not service.tree.backups() and not store.order  # the LIST alone
+            nursery.start_soon(service.first_listing)
+            wanted = service.tree.lookup(ROOT_INODE, "vol-07")
+            assert wanted is not None
+            with trio.fail_after(10):
+                await service.before_listing(wanted)
+                names = {n.name for n in service.tree.listing(wanted.inode)}
+                assert len(names) == 3 and LATEST in names
+                # vol-07 went next: at most the volume started before the want came first
+                assert store.order[:4].count("vol-07") == 2
+                # the volumes are known: a name that is none of them need not wait for all
+                assert await service.find_name(root, "vol-none") is None
+                fh, _node = await service.start_incoming("vol-11", os.getpid())
+                await service.write(fh, 0, _image(200))
+                await service.finish(fh, closing=True)
+                await service.release(fh)
+            with trio.fail_after(30):
+                await service.wait_listed()
+            assert {n.name for n in service.tree.listing(ROOT_INODE) if n.kind == "dir"} == \
+                set(made)
+            shown = {n.backup.backup_id for n in service.tree.backups() if n.backup}
+            assert {b for ids in made.values() for b in ids} < shown
+            assert len(shown) == 25
+            assert [r.volume_id for r in service.unreadable] == ["vol-bad"]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    newest = max(find_backups(local_store, "vol-11"), key=lambda r: r.prefix.timestamp)
+    assert load_metadata(local_store, newest).parent_id == made["vol-11"][1]
+
+
+class _Outage(CountingStore):
+    """`_metadata` GETs fail as an unreachable store's do while `down` is set."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        super().__init__(inner)
+        self.down = False
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        if self.down and key.endswith("_metadata"):
+            raise StoreUnreachable("the store is away (test)", key)
+        return super().get(key, byte_range)
+
+
+def test_a_first_build_the_store_cuts_short_leaves_each_volume_to_be_indexed_when_opened(
+        tmp_path: Path, local_store: LocalStore) -> None:
+    """The store lists, then fails before any `_metadata` is read: the volumes stay shown,
+    opening one fails (EIO in the mount, the reason logged) while the store is away, and
+    once it is back the volume is indexed alone and shown; the next refresh shows all."""
+    options = S3Options(object_size=OBJECT, block_size=BLOCK)
+    made = {f"vol-{i}": write_backup(local_store, io.BytesIO(_image(i)), f"vol-{i}", options)
+            for i in range(3)}
+    store = _Outage(local_store)
+
+    async def main() -> None:
+        async with open_engine(_config(tmp_path), store, fill=False) as engine, \
+                trio.open_nursery() as nursery:
+            service = MountService(engine.config, engine, Tree(0.0))
+            service.nursery = nursery
+            await service.list_volumes()
+            store.down = True
+            nursery.start_soon(service.first_listing)
+            with trio.fail_after(10):
+                await service.wait_listed()  # the build gave up
+            assert {n.name for n in service.tree.listing(ROOT_INODE) if n.kind == "dir"} == \
+                set(made)
+            directory = service.tree.lookup(ROOT_INODE, "vol-1")
+            assert directory is not None
+            with pytest.raises(StoreUnreachable):
+                await service.before_listing(directory)
+            assert await engine.catalog.list_backups() == []
+            store.down = False
+            await service.before_listing(directory)
+            assert _backup_node(service, "vol-1", made["vol-1"].backup_id) is not None
+            assert [r.volume_id for r in await engine.catalog.list_backups()] == ["vol-1"]
+            assert service.tree.lookup(ROOT_INODE, "vol-2") is not None  # still to be indexed
+            await service.refresh()
+            assert {n.backup.backup_id for n in service.tree.backups() if n.backup} == \
+                {ref.backup_id for ref in made.values()}
+            assert not service.pending.volumes
+            nursery.cancel_scope.cancel()
 
     trio.run(main)
