@@ -35,6 +35,7 @@ from bakfs.mount.namespace import METRICS, ROOT_INODE, Node, Tree
 from bakfs.mount.readers import Backup, S3Backup, TsmBackup, TsmStaging, record_time
 from bakfs.procfs import holds_open, mount_device
 from bakfs.read.engine import Engine
+from bakfs.threads import plain_errors
 from bakfs.tsm.kept import list_and_keep, read_kept
 from bakfs.tsm.records import TsmRecord
 
@@ -231,16 +232,21 @@ class MountService:
         """At start, after the mount is up: list the store (the index's view was shown
         meanwhile). First the TSM records, one short LIST (a re-mount showed the index's copy
         of them meanwhile); then the store's backups, a listing that grows with the bucket
-        (a new index: the first build, from the listing `list_volumes` made). Until this
-        ends, a name the tree lacks waits for it (`find_name`); a directory listing
-        waits for the records (`before_listing`) unless the index's copy was shown, and a
-        volume's directory for its volume to be indexed."""
+        (a new index: the first build, from the listing `list_volumes` made, which starts
+        alongside the records' LIST: a first read waits for its volume, not for them).
+        Until this ends, a name the tree lacks waits for it (`find_name`); a directory
+        listing waits for the records (`before_listing`) unless the index's copy was
+        shown, and a volume's directory for its volume to be indexed."""
         try:
-            await self.refresh(list_index=False)
-            self.records_listed.set()
             if self.first_build is not None:
-                await self._build(self.first_build)
+                with plain_errors():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._build, self.first_build)
+                        await self.refresh(list_index=False)
+                        self.records_listed.set()
             else:
+                await self.refresh(list_index=False)
+                self.records_listed.set()
                 await self.refresh(list_tsm=False)
         except BakfsError as exc:
             log.warning("cannot list %s (%s): showing the %d backups the index knows, "
@@ -277,13 +283,13 @@ class MountService:
         waiting for the store's backups to be listed (that listing grows with the bucket,
         minutes for millions of objects); an empty tree (a new index whose store was away)
         waits for the whole first listing. A volume the first build has yet to index is
-        indexed next and waited for."""
+        indexed next (asked for first) and waited for."""
+        if directory.volume_id is not None:
+            await self.volume_ready(directory.volume_id)
         if self.tree.backups() or self.pending.volumes:
             await self.records_listed.wait()
         else:
             await self.listed.wait()
-        if directory.volume_id is not None:
-            await self.volume_ready(directory.volume_id)
 
     async def refresh_loop(self) -> None:
         while True:
