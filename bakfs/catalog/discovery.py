@@ -4,7 +4,9 @@ A backup exists, complete, when its `_metadata` object exists: writers put it la
 under a prefix without one belong to an interrupted backup. A parent is found as Cinder's
 database would name it: among the complete backups under `volume_<volume_id>/` (Cinder chains
 only backups of one volume). One listing serves every question: `scan` is the only code that
-reads a listing of backups.
+reads a listing of backups. A large listing can be split at volumes the caller names
+(the index knows them): its ranges are listed side by side, each in its own thread, so
+one range's page is parsed while the next range's is on its way.
 
 Blocking code: it calls the store.
 """
@@ -12,7 +14,7 @@ Blocking code: it calls the store.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from bakfs.cinder import naming
@@ -26,6 +28,7 @@ from bakfs.cinder.metadata import (
 from bakfs.errors import BackupNotFound, BadMetadata
 from bakfs.store.base import ObjectInfo, ObjectStore
 from bakfs.store.streams import read_pieces
+from bakfs.threads import parallel_map
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +82,36 @@ class _Tally:
     data_objects: int = 0
 
 
-def scan(store: ObjectStore, volume_id: str | None = None) -> list[BackupRef]:
+def scan(store: ObjectStore, volume_id: str | None = None,
+         split_at: Sequence[str] = ()) -> list[BackupRef]:
     """Every backup with objects in the store (of one volume, or all), complete or not, from
-    one listing; oldest first per volume."""
+    one listing; oldest first per volume. `split_at`: volume ids (sorted) at which a listing
+    of all volumes is split into ranges listed side by side; any ids will do, the ranges
+    cover every key once whatever they are."""
+    prefix = naming.volume_listing_prefix(volume_id)
+    if volume_id is not None or not split_at:
+        tallies = _tally(store, prefix, None, None)
+    else:
+        # ranges (-, b1], (b1, b2], ..., (bn, -) of keys, bk = volume_<kth id>/: a volume's
+        # keys all fall in the range after its bound
+        bounds = sorted({naming.volume_listing_prefix(v) for v in split_at})
+        ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
+        parts = parallel_map(lambda r: _tally(store, prefix, *r), ranges, len(ranges))
+        tallies = {k: v for part in parts for k, v in part.items()}
+    refs = [BackupRef(naming.parse_prefix(prefix), t.complete, t.fingerprint, t.stored_bytes,
+                      t.data_objects) for prefix, t in tallies.items()]
+    refs.sort(key=lambda r: (r.volume_id, r.prefix.timestamp, r.backup_id))
+    return refs
+
+
+def _tally(store: ObjectStore, prefix: str, after: str | None, until: str | None
+           ) -> dict[str, _Tally]:
+    """What one listing (of keys after `after`, up to and with `until`) says of each
+    backup prefix."""
     tallies: dict[str, _Tally] = {}  # by prefix text: 21,000 keys for 10,000 backups
-    for info in store.list(naming.volume_listing_prefix(volume_id)):
+    for info in store.list(prefix, after) if after is not None else store.list(prefix):
+        if until is not None and info.key > until:
+            break
         split = naming.split_key(info.key)
         if split is None:
             continue
@@ -97,15 +125,13 @@ def scan(store: ObjectStore, volume_id: str | None = None) -> list[BackupRef]:
         elif rest == naming.METADATA_SUFFIX:
             tally.complete = True
             tally.fingerprint = fingerprint(info)
-    refs = [BackupRef(naming.parse_prefix(prefix), t.complete, t.fingerprint, t.stored_bytes,
-                      t.data_objects) for prefix, t in tallies.items()]
-    refs.sort(key=lambda r: (r.volume_id, r.prefix.timestamp, r.backup_id))
-    return refs
+    return tallies
 
 
-def find_backups(store: ObjectStore, volume_id: str | None = None) -> list[BackupRef]:
+def find_backups(store: ObjectStore, volume_id: str | None = None,
+                 split_at: Sequence[str] = ()) -> list[BackupRef]:
     """Every complete backup (of one volume, or all), oldest first per volume."""
-    return [ref for ref in scan(store, volume_id) if ref.complete]
+    return [ref for ref in scan(store, volume_id, split_at) if ref.complete]
 
 
 def newest_per_id(refs: Iterable[BackupRef]) -> list[BackupRef]:

@@ -78,6 +78,9 @@ INLINE_ROWS = 64
 # `_metadata` documents one s3 thread reads in a row: handing each GET to a thread of its own
 # cost ~0.1 ms of hops and wake-ups against ~1 ms for a small document's GET.
 FETCH_BATCH = 8
+# ranges a listing of the whole store is split into, listed side by side (at volumes the
+# index knows): 21 pages took 0.44-0.48 s in one row, of which 0.23 s the client's CPU
+LIST_RANGES = 4
 
 
 class Pending:
@@ -312,7 +315,9 @@ class Cataloguer:
         started = time.monotonic()
         result = RefreshResult(rebuilt=self.index.rebuilt)
         if listing is None:
-            listing = await self.bridge.run_s3(find_backups, self.store, volume_id)
+            split_at = [] if volume_id is not None else await self.bridge.run_index(
+                self.index.split_volumes, LIST_RANGES)
+            listing = await self.bridge.run_s3(find_backups, self.store, volume_id, split_at)
         listed = newest_per_id(item for item in listing
                                if volume_id is None or item.volume_id == volume_id)
         by_id = {item.backup_id: item for item in listed}

@@ -18,7 +18,7 @@ from bakfs.catalog.inventory import (
     remove_orphans,
 )
 from bakfs.catalog.inventory import delete as remove_backup
-from bakfs.catalog.sync import RefreshResult, open_index
+from bakfs.catalog.sync import LIST_RANGES, RefreshResult, open_index
 from bakfs.cinder import record as cinder_record
 from bakfs.cli.progress import human_bytes
 from bakfs.config import Config
@@ -131,7 +131,9 @@ async def catalogue(config: Config, store: ObjectStore, volume_id: str | None,
             records = await catalog.list_backups(volume_id)
         else:
             # `ls VOLUME` lists and refreshes that volume only: its keys, not the bucket's
-            refs = await bridge.run_s3(scan, store, volume_id)
+            split_at = [] if volume_id is not None else await bridge.run_index(
+                index.split_volumes, LIST_RANGES)
+            refs = await bridge.run_s3(scan, store, volume_id, split_at)
             refreshed = await catalog.refresh([r for r in refs if r.complete],
                                               volume_id=volume_id)
             tsm = await list_and_keep(catalog, volume_id, kept)

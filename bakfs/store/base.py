@@ -65,8 +65,9 @@ class ObjectStore(Protocol):
         """Size and date of one object; ObjectMissing if there is none."""
         ...
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every object whose key starts with `prefix`, in key order."""
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix` (and sorts after `start_after`), in
+        key order."""
         ...
 
     def delete(self, key: str) -> None:

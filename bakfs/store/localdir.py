@@ -206,16 +206,17 @@ class LocalStore:
             raise _os_error(exc, f"stat {key} in {self.description}", key) from exc
         return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC), etag)
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
         # Start at the deepest directory the prefix names, then walk in key order.
         head, _, _ = prefix.rpartition("/")
         start = self.path.joinpath(*head.split("/")) if head else self.path
         if not self.path.is_dir():
             raise ObjectMissing(f"{self.description} does not exist")
         base = f"{head}/" if head else ""
-        yield from self._walk(start, base, prefix)
+        yield from self._walk(start, base, prefix, start_after or "")
 
-    def _walk(self, directory: Path, base: str, prefix: str) -> Iterator[ObjectInfo]:
+    def _walk(self, directory: Path, base: str, prefix: str, after: str
+              ) -> Iterator[ObjectInfo]:
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except FileNotFoundError:
@@ -229,9 +230,11 @@ class LocalStore:
             key = base + name
             if not (key.startswith(prefix) or prefix.startswith(key)):
                 continue
+            if key <= after and not after.startswith(key):
+                continue  # and so is every key under it
             if name.endswith("/"):
-                yield from self._walk(Path(entry.path), key, prefix)
-            elif key.startswith(prefix):
+                yield from self._walk(Path(entry.path), key, prefix, after)
+            elif key.startswith(prefix) and key > after:
                 st = entry.stat()
                 yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC),
                                  self._stored_md5(entry.path))

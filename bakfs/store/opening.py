@@ -120,8 +120,8 @@ class OpeningStore:
     def head(self, key: str) -> ObjectInfo:
         return self.wait().head(key)
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.wait().list(prefix)
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        return self.wait().list(prefix, start_after)
 
     def delete(self, key: str) -> None:
         self.wait().delete(key)

@@ -199,10 +199,11 @@ class S3Store:
         return ObjectInfo(key, int(response["ContentLength"]), response.get("LastModified"),
                           _etag(response.get("ETag")))
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
+        after = {} if start_after is None else {"StartAfter": start_after}
         with self._errors("LIST", prefix):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **after):
                 for item in page.get("Contents", []):
                     yield ObjectInfo(item["Key"], int(item["Size"]), item.get("LastModified"),
                                      _etag(item.get("ETag")))

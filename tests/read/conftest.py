@@ -67,10 +67,10 @@ class CountingStore:
     def head(self, key: str) -> ObjectInfo:
         return self.inner.head(key)
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
         with self._lock:
             self.lists.append(prefix)
-        return self.inner.list(prefix)
+        return self.inner.list(prefix, start_after)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

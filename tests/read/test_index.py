@@ -336,3 +336,26 @@ def test_a_record_decodes_to_what_was_stored_and_older_ones_get_defaults() -> No
     assert BackupRecord.from_json(json.dumps(older).encode()).data_bytes is None
     with pytest.raises(IndexCorrupt):
         BackupRecord.from_json(json.dumps({**older, "unknown": 1}).encode())
+
+
+def test_the_volumes_a_listing_is_split_at_share_the_backups_out(tmp_path: Path) -> None:
+    """`split_volumes` names volumes (in key order) that cut the index's backups into about
+    equal runs, from the volume rows' keys alone; none for a small index."""
+    index = Index.open(tmp_path / "index")
+    try:
+        assert index.split_volumes(4) == []
+        for v in range(40):
+            for b in range(1 if v % 2 else 9):  # uneven volumes
+                index.put_broken(BackupRecord(
+                    backup_id=f"b-{v:02d}-{b}", volume_id=f"vol-{v:02d}", prefix="p",
+                    timestamp=f"{b}", parent_id=None, created_at="", name=None,
+                    description=None, size=0, chain=(f"b-{v:02d}-{b}",), fingerprint="f",
+                    status="broken", error="test"))
+        bounds = index.split_volumes(4)
+        assert len(bounds) == 3 and bounds == sorted(set(bounds))
+        rows = [r.volume_id for r in index.list_backups()]  # 200 backups in volume order
+        before = [sum(1 for v in rows if v < bound) for bound in bounds]
+        assert all(abs(n - 50 * (i + 1)) <= 9 for i, n in enumerate(before)), before
+        assert index.split_volumes(1) == [] and len(index.split_volumes(40)) <= 39
+    finally:
+        index.close()

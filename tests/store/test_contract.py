@@ -67,6 +67,10 @@ def test_list_is_sorted_by_key_filtered_by_prefix_and_pages(store: ObjectStore) 
         k for k in keys if k.startswith("volume_a"))
     assert [i.size for i in store.list("volume_b/")] == [len("volume_b/z")]
     assert list(store.list("volume_none/")) == []
+    for after in ("volume_a/t/k-00999", "volume_a/", "volume_a/t/", "volume_a/t/k_",
+                  "volume_a/t/k-01049x", "volume_a/t2/x", "volume_ab", "a", "volume_c"):
+        assert [i.key for i in store.list("volume_", after)] == sorted(
+            k for k in keys if k > after), after
 
 
 def test_put_if_absent_is_atomic_and_exclusive(store: ObjectStore) -> None:

@@ -257,10 +257,10 @@ class _HeldListing(CountingStore):
         super().__init__(inner)
         self.release = threading.Event()
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
         if prefix.startswith("volume_"):
             assert self.release.wait(30)
-        return super().list(prefix)
+        return super().list(prefix, start_after)
 
 
 def test_a_re_mounts_directory_listing_waits_for_the_tsm_records_not_the_store(
@@ -307,9 +307,9 @@ class _HeldEveryListing(CountingStore):
         super().__init__(inner)
         self.release = threading.Event()
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
         assert self.release.wait(30)
-        return super().list(prefix)
+        return super().list(prefix, start_after)
 
 
 def _tsm_record(backup_id: str, volume_id: str) -> TsmRecord:
