@@ -390,7 +390,8 @@ class Index:
         """Volume ids that split the index's backups into `parts` runs of about as many
         backups each (their listing, split there, lists about as many keys in each range),
         from the keys of the volume rows alone: a few ms at 10,000 backups. None (no split)
-        below `parts` volumes."""
+        for an index of fewer than two backups per part; fewer than `parts - 1` where one
+        volume holds more than a part."""
         with self.env.begin() as txn:
             count = txn.stat(self._volumes)["entries"]
             if parts < 2 or count < parts * 2:

@@ -286,7 +286,9 @@ class MountService:
         indexed next (asked for first) and waited for."""
         if directory.volume_id is not None:
             await self.volume_ready(directory.volume_id)
-        if self.tree.backups() or self.pending.volumes:
+        if self.listed.is_set():
+            return
+        if self.pending.volumes or self.tree.backups():
             await self.records_listed.wait()
         else:
             await self.listed.wait()
