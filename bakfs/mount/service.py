@@ -529,7 +529,9 @@ class MountService:
         return status.status_text(
             self.store.description, len(self.tree.backups()), self.counters,
             self.engine.cache.stats, manager.all_progress() if manager else None,
-            self.staging.error, self._active_writers(), self.unreadable)
+            self.staging.error, self._active_writers(), self.unreadable,
+            (len(self.pending.indexed), len(self.pending.volumes)) if self.pending.volumes
+            else None)
 
     def metrics(self) -> str:
         return status.metrics_text(self.counters, self.engine.cache.stats, len(self.writers),

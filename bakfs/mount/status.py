@@ -89,10 +89,14 @@ def tsm_xattrs(record: TsmRecord, progress: StagingProgress | None,
 
 def status_text(store: str, backups_shown: int, counters: Counters, cache: CacheStats,
                 staging: Iterable[StagingProgress] | None, staging_error: str | None,
-                writers: Iterable[Writer], unreadable: Sequence[BackupRecord] = ()) -> str:
+                writers: Iterable[Writer], unreadable: Sequence[BackupRecord] = (),
+                indexing: tuple[int, int] | None = None) -> str:
+    """`indexing`: (volumes indexed, volumes listed) while a first build runs."""
     c = counters
     lines = [f"store: {store}",
              f"backups shown: {backups_shown}",
+             *([f"first index build: {indexing[0]} of {indexing[1]} volumes indexed "
+                "(a volume opened is indexed next)"] if indexing else []),
              f"reads: {c.reads}", f"bytes served: {c.bytes_served}",
              f"read errors: {c.read_errors}",
              f"objects fetched from the store: {cache.fetches}",

@@ -465,6 +465,7 @@ def test_a_new_index_shows_the_volumes_at_once_and_indexes_an_opened_one_first(
             assert {n.name for n in service.tree.listing(ROOT_INODE) if n.kind == "dir"} == \
                 {*made, "vol-bad"}
             assert not service.tree.backups() and not store.order  # the LIST alone
+            assert "first index build: 0 of 13 volumes indexed" in service.status()
             nursery.start_soon(service.first_listing)
             wanted = service.tree.lookup(ROOT_INODE, "vol-07")
             assert wanted is not None
@@ -488,6 +489,7 @@ def test_a_new_index_shows_the_volumes_at_once_and_indexes_an_opened_one_first(
             assert {b for ids in made.values() for b in ids} < shown
             assert len(shown) == 25
             assert [r.volume_id for r in service.unreadable] == ["vol-bad"]
+            assert "first index build" not in service.status()
             nursery.cancel_scope.cancel()
 
     trio.run(main)
