@@ -42,7 +42,6 @@ MAX_CACHED_SPANS = 1 << 16  # bound of the in-memory extent pages
 REFRESH_AFTER_MISS = 5.0  # seconds between refreshes `find` may start for unknown ids
 REBUILD_PAUSE = 10.0  # seconds after a rebuild in which damage found again is only reported
 KEPT = b"kept/"  # prefix of the index's meta rows that `keep` writes
-FILLED = b"filled"  # meta row: a refresh of the whole store has ended on this index
 
 
 class _Pages:
@@ -112,7 +111,6 @@ class Catalog:
         self._last_reset = float("-inf")
         self._settled = trio.Event()  # unset from a reset until the index is filled again
         self._settled.set()
-        self._filled = False  # known to hold the whole store, as of some refresh
 
     # -- keeping in step with the store ----------------------------------------------------
 
@@ -150,18 +148,12 @@ class Catalog:
             self._settled.set()  # whatever came of it, a reset is over
         self.last_refresh = time.monotonic()
         self._forget()
-        if volume_id is None and not self._filled:
-            await self.bridge.run_index(self.index.set_meta, FILLED, b"1")
-            self._filled = True
         return result
 
-    async def filled(self) -> bool:
-        """Whether a refresh of the whole store has ended on this index: false for a new
-        one, or one whose first build was cut short, or that a command filled with one
-        volume (`find`). A mount then shows the volumes from a listing first."""
-        if not self._filled:
-            self._filled = await self._index(self.index.get_meta, FILLED) is not None
-        return self._filled
+    async def knows_backups(self) -> bool:
+        """Whether the index holds any backup (a count, no record is read)."""
+        stats = await self._index(self.index.stats)
+        return stats["backups"] > 0
 
     async def rebuild(self, reason: str, generation: int | None = None) -> None:
         """Recreate the index from nothing (after finding it damaged), unless it was rebuilt
@@ -181,7 +173,6 @@ class Catalog:
         log.error("index: %s; rebuilding it from the store", reason)
         self._settled = trio.Event()
         await self.bridge.run_index(self.index.reset, reason)
-        self._filled = False
         self.generation += 1
         self._last_reset = time.monotonic()
         self._forget()

@@ -58,11 +58,13 @@ async def _serve_store(config: Config, store: OpeningStore, mountpoint: Path,
     async with open_engine(config, store, fill=False) as engine:
         tree = Tree(time.time())
         service = MountService(config, engine, tree)
-        # the tree as the index knows it, or, on a new index (or one not yet filled from
-        # the whole store), the volumes as the store lists them (the store is open then;
-        # their backups are indexed once the mount is up)
+        # the tree as the index knows it, or, on an index that knows no backup (a new one),
+        # the volumes as the store lists them (the store is open then; their backups are
+        # indexed once the mount is up). An index that knows some (a first build cut short,
+        # a restore's volume) is shown as it is: listing a bucket of large volumes first
+        # would keep the mount down for seconds (262,144 keys a TiB)
         await service.show_kept_records()
-        if not await engine.catalog.filled():
+        if not await engine.catalog.knows_backups():
             await service.list_volumes()
         else:
             await service.refresh(list_store=False)
