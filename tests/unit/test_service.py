@@ -3,12 +3,13 @@ store, a real LMDB index and a real chunk cache."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
 import random
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -420,6 +421,20 @@ def test_a_tsm_backup_committed_through_the_mount_reaches_the_index_copy(
     trio.run(main)
 
 
+@contextlib.asynccontextmanager
+async def _new_index_mount(tmp_path: Path, store: CountingStore
+                           ) -> AsyncIterator[tuple[MountService, trio.Nursery]]:
+    """A mount's service on a new index with the store's volumes listed, as the daemon has
+    it when the mount comes up."""
+    async with open_engine(_config(tmp_path), store, fill=False) as engine, \
+            trio.open_nursery() as nursery:
+        service = MountService(engine.config, engine, Tree(0.0))
+        service.nursery = nursery
+        await service.list_volumes()
+        yield service, nursery
+        nursery.cancel_scope.cancel()
+
+
 class _OrderedGets(CountingStore):
     """Records the order in which `_metadata` documents are read."""
 
@@ -456,11 +471,7 @@ def test_a_new_index_shows_the_volumes_at_once_and_indexes_an_opened_one_first(
     store = _OrderedGets(local_store)
 
     async def main() -> None:
-        async with open_engine(_config(tmp_path), store, fill=False) as engine, \
-                trio.open_nursery() as nursery:
-            service = MountService(engine.config, engine, Tree(0.0))
-            service.nursery = nursery
-            await service.list_volumes()
+        async with _new_index_mount(tmp_path, store) as (service, nursery):
             root = service.tree.nodes[ROOT_INODE]
             assert {n.name for n in service.tree.listing(ROOT_INODE) if n.kind == "dir"} == \
                 {*made, "vol-bad"}
@@ -490,7 +501,6 @@ def test_a_new_index_shows_the_volumes_at_once_and_indexes_an_opened_one_first(
             assert len(shown) == 25
             assert [r.volume_id for r in service.unreadable] == ["vol-bad"]
             assert "first index build" not in service.status()
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
     newest = max(find_backups(local_store, "vol-11"), key=lambda r: r.prefix.timestamp)
@@ -521,11 +531,7 @@ def test_a_first_build_the_store_cuts_short_leaves_each_volume_to_be_indexed_whe
     store = _Outage(local_store)
 
     async def main() -> None:
-        async with open_engine(_config(tmp_path), store, fill=False) as engine, \
-                trio.open_nursery() as nursery:
-            service = MountService(engine.config, engine, Tree(0.0))
-            service.nursery = nursery
-            await service.list_volumes()
+        async with _new_index_mount(tmp_path, store) as (service, nursery):
             store.down = True
             nursery.start_soon(service.first_listing)
             with trio.fail_after(10):
@@ -536,16 +542,15 @@ def test_a_first_build_the_store_cuts_short_leaves_each_volume_to_be_indexed_whe
             assert directory is not None
             with pytest.raises(StoreUnreachable):
                 await service.before_listing(directory)
-            assert await engine.catalog.list_backups() == []
+            assert await service.catalog.list_backups() == []
             store.down = False
             await service.before_listing(directory)
             assert _backup_node(service, "vol-1", made["vol-1"].backup_id) is not None
-            assert [r.volume_id for r in await engine.catalog.list_backups()] == ["vol-1"]
+            assert [r.volume_id for r in await service.catalog.list_backups()] == ["vol-1"]
             assert service.tree.lookup(ROOT_INODE, "vol-2") is not None  # still to be indexed
             await service.refresh()
             assert {n.backup.backup_id for n in service.tree.backups() if n.backup} == \
                 {ref.backup_id for ref in made.values()}
             assert not service.pending.volumes
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
