@@ -208,9 +208,13 @@ class Catalog:
     async def keep(self, name: bytes, value: bytes) -> None:
         await self._index(self.index.set_meta, KEPT + name, value)
 
-    async def add(self, ref: BackupRef, metadata: BackupMetadata) -> BackupRecord:
-        """Index a backup this process has just committed (no listing of the store)."""
-        async with self._refresh_lock:
+    async def add(self, ref: BackupRef, metadata: BackupMetadata, *,
+                  beside_refresh: bool = False) -> BackupRecord:
+        """Index a backup this process has just committed (no listing of the store).
+        `beside_refresh`: the caller knows the running refresh is done with this backup's
+        volume (a first build that has indexed it), so the backup is added without waiting
+        for the rest of that refresh: at 10,000 backups, up to a first build's 13 s."""
+        async with contextlib.nullcontext() if beside_refresh else self._refresh_lock:
             record = await sync.Cataloguer(self.store, self.index, self.bridge).add(ref,
                                                                                    metadata)
             self._forget()

@@ -448,8 +448,12 @@ class MountService:
         if isinstance(committed, TsmRecord):
             self.tsm_records.append(committed)
         elif isinstance(writer, IncomingBackup) and writer.metadata is not None:
+            # a first build has indexed this volume (the writer waited for it) and does
+            # not touch it again: the backup need not wait for the rest of the build
+            beside = self.first_build is not None and \
+                committed.volume_id in self.pending.indexed
             try:
-                await self.catalog.add(committed, writer.metadata)
+                await self.catalog.add(committed, writer.metadata, beside_refresh=beside)
             except BakfsError as exc:  # committed all the same: the next refresh shows it
                 log.warning("backup %s is committed but could not be indexed yet: %s",
                             committed.backup_id, exc)

@@ -554,3 +554,50 @@ def test_a_first_build_the_store_cuts_short_leaves_each_volume_to_be_indexed_whe
             assert not service.pending.volumes
 
     trio.run(main)
+
+
+class _HeldVolumes(CountingStore):
+    """The `_metadata` GETs of the volumes in `held` wait until `release` is set."""
+
+    def __init__(self, inner: LocalStore, held: set[str]) -> None:
+        super().__init__(inner)
+        self.held = held
+        self.release = threading.Event()
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        if key.endswith("_metadata") and key.split("/")[0].removeprefix("volume_") in self.held:
+            assert self.release.wait(30)
+        return super().get(key, byte_range)
+
+
+def test_a_backup_written_during_a_first_build_shows_before_the_build_ends(
+        tmp_path: Path, local_store: LocalStore) -> None:
+    """A backup written into incoming/ while a first build is held up on other volumes is
+    committed, indexed and shown at its close; it does not wait for the rest of the
+    build."""
+    options = S3Options(object_size=OBJECT, block_size=BLOCK)
+    for i in range(4):
+        write_backup(local_store, io.BytesIO(_image(i)), f"vol-{i}", options)
+    store = _HeldVolumes(local_store, {"vol-1", "vol-2", "vol-3"})
+
+    async def main() -> None:
+        async with _new_index_mount(tmp_path, store) as (service, nursery):
+            nursery.start_soon(service.first_listing)
+            try:
+                with trio.fail_after(10):
+                    fh, _node = await service.start_incoming("vol-0", os.getpid())
+                    await service.write(fh, 0, _image(300))
+                    await service.finish(fh, closing=True)
+                    await service.release(fh)
+                assert not service.listed.is_set()  # the build is still held up
+                directory = service.tree.lookup(ROOT_INODE, "vol-0")
+                assert directory is not None
+                assert len([n for n in service.tree.listing(directory.inode)
+                            if n.kind == "backup"]) == 2
+            finally:
+                store.release.set()
+            with trio.fail_after(30):
+                await service.wait_listed()
+            assert len(service.tree.backups()) == 5
+
+    trio.run(main)
