@@ -128,10 +128,9 @@ def _tally(store: ObjectStore, prefix: str, after: str | None, until: str | None
     return tallies
 
 
-def find_backups(store: ObjectStore, volume_id: str | None = None,
-                 split_at: Sequence[str] = ()) -> list[BackupRef]:
+def find_backups(store: ObjectStore, volume_id: str | None = None) -> list[BackupRef]:
     """Every complete backup (of one volume, or all), oldest first per volume."""
-    return [ref for ref in scan(store, volume_id, split_at) if ref.complete]
+    return [ref for ref in scan(store, volume_id) if ref.complete]
 
 
 def newest_per_id(refs: Iterable[BackupRef]) -> list[BackupRef]:

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from bakfs.catalog.discovery import BackupRef, find_backups, load_metadata, newest_per_id
+from bakfs.catalog.discovery import BackupRef, load_metadata, newest_per_id, scan
 from bakfs.catalog.index import (
     BATCH_ROWS,
     KIND_DATA,
@@ -315,9 +315,8 @@ class Cataloguer:
         started = time.monotonic()
         result = RefreshResult(rebuilt=self.index.rebuilt)
         if listing is None:
-            split_at = [] if volume_id is not None else await self.bridge.run_index(
-                self.index.split_volumes, LIST_RANGES)
-            listing = await self.bridge.run_s3(find_backups, self.store, volume_id, split_at)
+            listing = [ref for ref in await list_store(self.store, self.index, self.bridge,
+                                                       volume_id) if ref.complete]
         listed = newest_per_id(item for item in listing
                                if volume_id is None or item.volume_id == volume_id)
         by_id = {item.backup_id: item for item in listed}
@@ -548,6 +547,16 @@ def _load_each(store: ObjectStore, items: list[BackupRef]
         except BakfsError as exc:
             out.append(exc)
     return out
+
+
+async def list_store(store: ObjectStore, index: Index, bridge: Bridge,
+                     volume_id: str | None = None) -> list[BackupRef]:
+    """Every backup with objects in the store (of one volume, or all), complete or not
+    (`discovery.scan`); a listing of all of them split at volumes the index knows, its
+    LIST_RANGES ranges listed side by side."""
+    split_at = [] if volume_id is not None else await bridge.run_index(index.split_volumes,
+                                                                        LIST_RANGES)
+    return await bridge.run_s3(scan, store, volume_id, split_at)
 
 
 def _by_volume(listed: list[BackupRef]) -> Iterator[tuple[str, list[BackupRef]]]:

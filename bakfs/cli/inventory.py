@@ -9,7 +9,7 @@ import sys
 
 import trio
 
-from bakfs.catalog.discovery import find_backup, load_chain, scan
+from bakfs.catalog.discovery import find_backup, load_chain
 from bakfs.catalog.front import Catalog
 from bakfs.catalog.inventory import (
     Listing,
@@ -18,7 +18,7 @@ from bakfs.catalog.inventory import (
     remove_orphans,
 )
 from bakfs.catalog.inventory import delete as remove_backup
-from bakfs.catalog.sync import LIST_RANGES, RefreshResult, open_index
+from bakfs.catalog.sync import RefreshResult, list_store, open_index
 from bakfs.cinder import record as cinder_record
 from bakfs.cli.progress import human_bytes
 from bakfs.config import Config
@@ -131,9 +131,7 @@ async def catalogue(config: Config, store: ObjectStore, volume_id: str | None,
             records = await catalog.list_backups(volume_id)
         else:
             # `ls VOLUME` lists and refreshes that volume only: its keys, not the bucket's
-            split_at = [] if volume_id is not None else await bridge.run_index(
-                index.split_volumes, LIST_RANGES)
-            refs = await bridge.run_s3(scan, store, volume_id, split_at)
+            refs = await list_store(store, index, bridge, volume_id)
             refreshed = await catalog.refresh([r for r in refs if r.complete],
                                               volume_id=volume_id)
             tsm = await list_and_keep(catalog, volume_id, kept)

@@ -159,7 +159,7 @@ class MountService:
                 log.warning("cannot index volume %s: %s", volume_id, exc)
                 raise
             pending.done(volume_id)
-        async with self._showing:
+        async with self._showing:  # (pending is cleared only under this lock)
             if volume_id not in pending.volumes:
                 return  # no longer pending: the whole tree was shown meanwhile
             records = await self.catalog.list_backups(volume_id)
@@ -167,8 +167,7 @@ class MountService:
                                      if r.status == "ok"]
             backups += [TsmBackup(r, self.staging) for r in self.tsm_records
                         if r.volume_id == volume_id]
-            if backups or volume_id in self.pending.volumes:
-                self.tree.sync_volume(volume_id, backups)
+            self.tree.sync_volume(volume_id, backups)
             self._volumes_shown.add(volume_id)
             directory = self.tree.lookup(ROOT_INODE, volume_id)
             shown = [] if directory is None else [
