@@ -147,7 +147,7 @@ def md5_digest(data: bytes | memoryview) -> bytes:
     return hashlib.md5(data, usedforsecurity=False).digest()
 
 
-def verify(data: bytes | memoryview, length: int, md5: str, key: str) -> None:
+def verify(data: bytes | bytearray | memoryview, length: int, md5: str, key: str) -> None:
     """Fail unless decoded data has the recorded length and md5: wrong bytes are never served."""
     if len(data) != length:
         raise IntegrityError(
@@ -159,13 +159,23 @@ def verify(data: bytes | memoryview, length: int, md5: str, key: str) -> None:
 
 def decode_stream(chunks: Iterable[bytes], recorded: str, length: int, md5: str,
                   key: str) -> tuple[bytearray, int]:
+    """`decode_unchecked`, then the md5 check: (verified plain bytes, stored bytes consumed)."""
+    out, consumed = decode_unchecked(chunks, recorded, length, key)
+    verify(out, length, md5, key)
+    return out, consumed
+
+
+def decode_unchecked(chunks: Iterable[bytes], recorded: str, length: int,
+                     key: str) -> tuple[bytearray, int]:
     """Decode a stored object as its bytes arrive, into a buffer of exactly the recorded
-    length, hashing as it fills; returns (verified plain bytes, stored bytes consumed).
+    length; returns (plain bytes, stored bytes consumed). Its md5 is NOT checked yet: the
+    caller must `verify` it (or check it in a batch, bakfs.read.md5batch) before any of it
+    is used.
 
     Decoding overlaps the transfer instead of following it, no copy of the stored object is
     kept, and output past the recorded length is an error at once (no bomb gets past it).
-    IntegrityError names the object when it cannot be decoded, is longer or shorter than
-    recorded, or its md5 differs.
+    IntegrityError names the object when it cannot be decoded, or is longer or shorter than
+    recorded.
     """
     kind = family(recorded)
     out = bytearray(length)
@@ -186,10 +196,6 @@ def decode_stream(chunks: Iterable[bytes], recorded: str, length: int, md5: str,
         size = f"more than {length}" if extra else str(filled)
         raise IntegrityError(f"object {key}: decompresses to {size} bytes, not the recorded "
                              f"{length}", key)
-    actual = hashlib.md5(view, usedforsecurity=False).hexdigest()
-    if actual != md5.lower():
-        raise IntegrityError(f"object {key}: md5 {actual} differs from the recorded {md5}",
-                             key)
     return out, source.consumed
 
 

@@ -52,11 +52,13 @@ from pathlib import Path
 import lmdb
 import trio
 
+from bakfs.cinder import md5lanes
 from bakfs.cinder.metadata import ObjectEntry
 from bakfs.errors import BakfsError, CacheDamaged
 from bakfs.read import cachefile
 from bakfs.store.base import ObjectStore
-from bakfs.store.decode import fetch_counted
+from bakfs.store.decode import check_md5, fetch_counted, fetch_unchecked
+from bakfs.store.md5batch import Job, Md5Batches
 from bakfs.threads import Bridge, plain_errors
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,9 @@ TOUCH_BATCH = 256
 MAX_FDS = max(32, min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
 NOWAIT_MAX = 256 << 10  # larger reads copy too long for the trio thread: a disk thread reads
 WRITE_BACKLOG = 32 << 20  # bytes of disk writes left to run in the background
+# A read-ahead object's md5 check waits at most this long for company (a reader's wait
+# starts it at once): the objects a stream reads next are checked side by side.
+CHECK_LINGER = 0.02
 
 
 @dataclasses.dataclass
@@ -85,12 +90,14 @@ class CacheStats:
 
 
 class _Flight:
-    __slots__ = ("data", "error", "event")
+    __slots__ = ("check", "data", "error", "event", "wanted")
 
-    def __init__(self) -> None:
+    def __init__(self, wanted: bool) -> None:
         self.event = trio.Event()
         self.data: Plain | None = None
         self.error: BakfsError | None = None
+        self.wanted = wanted  # a reader waits for it (not only read-ahead)
+        self.check: Job | None = None  # its md5, while queued in a batch
 
 
 class ChunkCache:
@@ -127,6 +134,9 @@ class ChunkCache:
         self._settled.set()
         self._room = trio.Lock()
         self._flights: dict[str, _Flight] = {}
+        # md5 checks in batches over SIMD lanes, when there are lanes (bakfs.store.md5batch)
+        self._checks = (Md5Batches(bridge, nursery, linger=CHECK_LINGER)
+                        if md5lanes.LANES > 1 else None)
         self._touches: dict[str, int] = {}
         self._tick = 0
 
@@ -201,8 +211,10 @@ class ChunkCache:
             data = await self.get(obj, keep)
         return memoryview(data)[start:end]
 
-    async def get(self, obj: ObjectEntry, keep: bool = True) -> Plain:
-        """The object's whole verified plain data, fetched at most once at a time."""
+    async def get(self, obj: ObjectEntry, keep: bool = True, wanted: bool = True) -> Plain:
+        """The object's whole verified plain data, fetched at most once at a time.
+        `wanted=False`: nobody waits for it yet (read-ahead), so its md5 check may wait for
+        company (bakfs.read.md5batch)."""
         key = obj.cache_key
         while True:
             data = self._memory_get(key)
@@ -211,6 +223,10 @@ class ChunkCache:
             flight = self._flights.get(key)
             if flight is not None:
                 self.stats.joined += 1
+                if wanted and not flight.wanted:
+                    flight.wanted = True
+                    if self._checks is not None:
+                        self._checks.hurry(flight.check)
                 await flight.event.wait()
                 if flight.data is not None:
                     return flight.data
@@ -231,23 +247,28 @@ class ChunkCache:
                     return data
                 self._forget_disk(key, entry)
                 continue  # state may have changed during the await
-            return await self._fetch(obj, key, keep)
+            return await self._fetch(obj, key, keep, wanted)
 
     async def prefetch(self, obj: ObjectEntry, keep: bool = True) -> None:
         """Make sure the object is cached (read-ahead); errors surface on the real read."""
         if self.has(obj):
             return
         with contextlib.suppress(BakfsError):
-            await self.get(obj, keep)
+            await self.get(obj, keep, wanted=False)
 
-    async def _fetch(self, obj: ObjectEntry, key: str, keep: bool) -> Plain:
-        flight = _Flight()
+    async def _fetch(self, obj: ObjectEntry, key: str, keep: bool, wanted: bool) -> Plain:
+        flight = _Flight(wanted)
         self._flights[key] = flight
         try:
-            # one thread receives, decodes and hashes as the bytes arrive
-            data, stored = await self.bridge.run_s3(fetch_counted, self.store, obj)
+            # one thread receives and decodes as the bytes arrive; the md5 check is made
+            # there too, or in a batch with other objects' (bakfs.read.md5batch)
+            fetch = fetch_counted if self._checks is None else fetch_unchecked
+            data, stored = await self.bridge.run_s3(fetch, self.store, obj)
             self.stats.fetches += 1
             self.stats.fetched_bytes += stored
+            if self._checks is not None:
+                flight.check = self._checks.queue([data], urgent=flight.wanted)
+                check_md5((await self._checks.wait(flight.check))[0], obj)
         except BakfsError as exc:
             flight.error = exc
             raise

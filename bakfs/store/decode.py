@@ -1,10 +1,12 @@
 """Data objects as every reader takes them: the stored bytes decompressed and checked against
 the length and md5 their `_metadata` records, so no reader ever sees unverified bytes.
 
-`fetch_counted` streams: it decodes and hashes each piece as the GET delivers it, so a fetch
-costs the transfer or the CPU work, whichever is longer, rather than their sum, and holds no
-copy of the stored object. A GET that breaks after its first bytes is made again (the
-request itself was already retried by the store). Blocking code: it calls the store.
+`fetch_counted` streams: it decodes each piece as the GET delivers it, so a fetch costs the
+transfer or the CPU work, whichever is longer, rather than their sum, and holds no copy of
+the stored object; then it checks the md5. `fetch_unchecked` leaves that check to a caller
+that batches it with other objects' (bakfs.read.md5batch). A GET that breaks after its first
+bytes is made again (the request itself was already retried by the store). Blocking code: it
+calls the store.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterator
 
 from bakfs.cinder import codec
 from bakfs.cinder.metadata import ObjectEntry
-from bakfs.errors import StoreUnreachable
+from bakfs.errors import IntegrityError, StoreUnreachable
 from bakfs.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -35,19 +37,39 @@ def fetch_verified(store: ObjectStore, obj: ObjectEntry) -> bytes | bytearray:
 
 
 def fetch_counted(store: ObjectStore, obj: ObjectEntry) -> tuple[bytes | bytearray, int]:
-    """(verified plain bytes, stored bytes transferred) of one data object, streamed when it
-    is compressed. A raw object (codec "none") is read whole instead: the socket fills its
-    one buffer directly, where pieces would each be copied once more, and there is no
-    decoding to overlap with the transfer."""
+    """(verified plain bytes, stored bytes transferred) of one data object."""
+    plain, stored = fetch_unchecked(store, obj)
+    codec.verify(plain, obj.length, obj.md5, obj.name)
+    return plain, stored
+
+
+def check_md5(digest: bytes, obj: ObjectEntry) -> None:
+    """IntegrityError unless digest (of plain bytes `fetch_unchecked` returned) is the md5
+    `_metadata` records for the object."""
+    if digest.hex() != obj.md5.lower():
+        raise IntegrityError(f"object {obj.name}: md5 {digest.hex()} differs from the "
+                             f"recorded {obj.md5}", obj.name)
+
+
+def fetch_unchecked(store: ObjectStore, obj: ObjectEntry) -> tuple[bytes | bytearray, int]:
+    """(plain bytes of the recorded length, stored bytes transferred) of one data object,
+    streamed when it is compressed; its md5 is NOT checked yet (the caller checks it before
+    any byte is used, alone or in a batch: bakfs.read.md5batch).
+
+    A raw object (codec "none") is read whole instead: the socket fills its one buffer
+    directly, where pieces would each be copied once more, and there is no decoding to
+    overlap with the transfer."""
     if codec.family(obj.compression) == "none":
         body = store.get(obj.name)
-        codec.verify(body, obj.length, obj.md5, obj.name)
+        if len(body) != obj.length:
+            raise IntegrityError(f"object {obj.name}: decoded length {len(body)} differs from "
+                                 f"the recorded {obj.length}", obj.name)
         return body, len(body)
     for attempt in range(1, STREAM_ATTEMPTS + 1):
         received = [0]
         try:
-            return codec.decode_stream(_counting(store.iter_object(obj.name), received),
-                                       obj.compression, obj.length, obj.md5, obj.name)
+            return codec.decode_unchecked(_counting(store.iter_object(obj.name), received),
+                                          obj.compression, obj.length, obj.name)
         except StoreUnreachable as exc:
             if not received[0] or attempt == STREAM_ATTEMPTS:
                 raise
