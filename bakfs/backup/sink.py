@@ -33,15 +33,23 @@ import trio
 
 from bakfs.backup.plan import BackupPlan
 from bakfs.backup.source import Hole
-from bakfs.backup.window import PreparedObject, hole_runs, prepare_window, zero_object
+from bakfs.backup.window import (
+    PreparedObject,
+    hole_runs,
+    prepare_window,
+    to_hash,
+    with_md5s,
+    zero_object,
+)
 from bakfs.catalog.discovery import BackupRef, fingerprint
 from bakfs.catalog.leases import VolumeLease
-from bakfs.cinder import naming
+from bakfs.cinder import md5lanes, naming
 from bakfs.cinder.extents import DigestWriter, zero_digests
 from bakfs.cinder.metadata import BackupMetadata, ObjectTable, backup_documents
 from bakfs.config import MiB, S3Options
 from bakfs.errors import BackupFailed, BakfsError, LeaseLost
 from bakfs.store.base import ObjectStore
+from bakfs.store.md5batch import Md5Batches
 from bakfs.threads import Bridge
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,9 @@ log = logging.getLogger(__name__)
 WINDOW_MEMORY_BUDGET = 256 * MiB
 LEASE_RENEW_SECONDS = 60.0
 HOLE_DIGESTS = 1 << 15  # blocks of a hole handled per step (1 MiB of digests, 1 GiB of volume)
+# A window's md5s wait at most this long for other windows' to share the lanes with (and no
+# longer once every window is in flight).
+MD5_LINGER = 0.015
 
 
 @dataclasses.dataclass
@@ -113,6 +124,7 @@ class BackupSink:
         self._done = trio.Event()
         self._stopped = trio.Event()
         self._renewing = trio.Lock()  # one renewal at a time: each needs the last one's etag
+        self._md5: Md5Batches | None = None  # the windows' md5s, when there are lanes
 
     @classmethod
     async def start(cls, nursery: trio.Nursery, store: ObjectStore, plan: BackupPlan,
@@ -129,6 +141,8 @@ class BackupSink:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if md5lanes.LANES > 1:
+                    self._md5 = Md5Batches(self._bridge, nursery, linger=MD5_LINGER)
                 if self.lease is not None:
                     nursery.start_soon(self._renew_lease)
                 task_status.started()
@@ -198,6 +212,8 @@ class BackupSink:
             await self._schedule(window)
 
     async def _schedule(self, window: bytes | memoryview) -> None:
+        if self._md5 is not None and self._tokens.value == 0:
+            self._md5.flush()  # every window is in flight: hash what waits for company
         await self._tokens.acquire()
         self._raise_if_failed()
         index = self._window_count
@@ -210,8 +226,13 @@ class BackupSink:
     async def _process(self, index: int, window: bytes | memoryview) -> None:
         try:
             hashes, prepared = await self._bridge.run_cpu(
-                prepare_window, window, index, self.plan.options, self.plan.parent_hashes)
+                prepare_window, window, index, self.plan.options, self.plan.parent_hashes,
+                self._md5 is None)
             del window
+            if self._md5 is not None:  # the md5s of many windows side by side, in lanes
+                content_md5 = self.plan.options.md5_validation
+                digests = await self._md5.digests(to_hash(prepared, content_md5))
+                prepared = with_md5s(prepared, content_md5, digests)
             await self._turn(index).wait()
             self._hashes.append(hashes.block_range(0, len(hashes)))
             keyed = self._number(prepared)

@@ -24,15 +24,18 @@ class PreparedObject:
     length: int
     stored: bytes | memoryview
     compression: str
-    md5: str  # hex, of the plain bytes (what `_metadata` records)
+    md5: str  # hex, of the plain bytes (what `_metadata` records); "" until hashed
     stored_md5: bytes | None  # digest of `stored` when known here (stored raw), else None
+    plain: bytes | memoryview | None = None  # the plain bytes while their md5 is ""
 
 
 def prepare_window(window: bytes | memoryview, index: int, options: S3Options,
-                   parent_hashes: Digests | None
+                   parent_hashes: Digests | None, hash_md5: bool = True
                    ) -> tuple[Digests, list[PreparedObject]]:
     """CPU work for window `index` (bytes [index * object_size, ...)): hash its blocks, find
-    the changed runs (all of it for a full backup), compress and md5 each."""
+    the changed runs (all of it for a full backup), compress and md5 each. `hash_md5=False`
+    leaves the md5s of data runs to the caller (`PreparedObject.plain`; `with_md5s`), who
+    hashes many windows' side by side (bakfs.store.md5batch)."""
     block = options.block_size
     zero = _is_zero(window)
     hashes = (Digests(extents.zero_digests(len(window), block)) if zero
@@ -45,17 +48,50 @@ def prepare_window(window: bytes | memoryview, index: int, options: S3Options,
     for start, end in runs:
         if zero:
             stored, recorded, md5, stored_md5 = _zero_object(end - start, options.compression)
-        else:
-            # the whole window as it is when it is one run: stored raw, it needs no copy
-            whole = start == 0 and end == len(window) and isinstance(window, bytes)
-            plain = window if whole else view[start:end]
-            stored, recorded = codec.compress(plain, options.compression)
-            digest = codec.md5_digest(plain)
-            md5 = digest.hex()
-            stored_md5 = digest if stored is plain else None  # the upload hashes it
-        prepared.append(PreparedObject(base + start, end - start, stored, recorded, md5,
-                                       stored_md5))
+            prepared.append(PreparedObject(base + start, end - start, stored, recorded, md5,
+                                           stored_md5))
+            continue
+        # the whole window as it is when it is one run: stored raw, it needs no copy
+        whole = start == 0 and end == len(window) and isinstance(window, bytes)
+        plain = window if whole else view[start:end]
+        stored, recorded = codec.compress(plain, options.compression)
+        if not hash_md5:
+            prepared.append(PreparedObject(base + start, end - start, stored, recorded, "",
+                                           None, plain))
+            continue
+        digest = codec.md5_digest(plain)
+        stored_md5 = digest if stored is plain else None  # the upload hashes it
+        prepared.append(PreparedObject(base + start, end - start, stored, recorded,
+                                       digest.hex(), stored_md5))
     return hashes, prepared
+
+
+def to_hash(prepared: list[PreparedObject], content_md5: bool) -> list[bytes | memoryview]:
+    """The buffers whose md5s `prepare_window(hash_md5=False)` left: each data run's plain bytes,
+    then (for a Content-MD5) its stored bytes when they differ."""
+    buffers: list[bytes | memoryview] = []
+    for item in prepared:
+        if item.plain is not None:
+            buffers.append(item.plain)
+            if content_md5 and item.stored is not item.plain:
+                buffers.append(item.stored)
+    return buffers
+
+
+def with_md5s(prepared: list[PreparedObject], content_md5: bool,
+              digests: list[bytes]) -> list[PreparedObject]:
+    """The objects with the md5s of `to_hash(prepared, content_md5)` filled in."""
+    done, it = [], iter(digests)
+    for item in prepared:
+        if item.plain is None:
+            done.append(item)
+            continue
+        digest = next(it)
+        stored = item.plain is item.stored
+        stored_md5 = digest if stored else (next(it) if content_md5 else None)
+        done.append(dataclasses.replace(item, md5=digest.hex(), stored_md5=stored_md5,
+                                        plain=None))
+    return done
 
 
 def _parent_slice(parent_hashes: Digests | None, index: int, blocks: int,

@@ -1,10 +1,11 @@
 """The backup engine's per-window work, including its shortcut for all-zero windows."""
 
 import dataclasses
+import random
 
 import pytest
 
-from bakfs.backup.window import prepare_window
+from bakfs.backup.window import prepare_window, to_hash, with_md5s
 from bakfs.cinder import codec, extents
 from bakfs.config import S3Options
 
@@ -34,3 +35,25 @@ def test_a_window_with_one_late_nonzero_byte_is_not_taken_for_zeros() -> None:
     hashes, prepared = prepare_window(bytes(window), 0, OPTIONS, None)
     assert hashes == extents.block_digests(bytes(window), B)
     assert codec.decompress(prepared[0].stored, prepared[0].compression) == window
+
+
+@pytest.mark.parametrize("content_md5", [True, False])
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_md5s_left_to_the_caller_come_out_the_same(compression: str, content_md5: bool) -> None:
+    """prepare_window(hash_md5=False) + to_hash + with_md5s (the sink's batched md5s) equals
+    prepare_window's own md5s, for data runs, zero runs and incompressible runs alike."""
+    options = dataclasses.replace(OPTIONS, compression=compression)
+    window = bytearray(8 * B)
+    window[B:2 * B] = b"text " * (B // 5) + b"x" * (B % 5)
+    window[5 * B:6 * B] = random.Random(5).randbytes(B)  # does not compress: stored raw
+    parent = extents.block_digests(bytes(B) * 3 + bytes(window[3 * B:]), B)
+    for parent_hashes in (None, parent):
+        for data in (bytes(window), bytes(8 * B)):
+            _h, expected = prepare_window(data, 2, options, parent_hashes)
+            _h, left = prepare_window(data, 2, options, parent_hashes, hash_md5=False)
+            buffers = to_hash(left, content_md5)
+            got = with_md5s(left, content_md5, [codec.md5_digest(b) for b in buffers])
+            for want, item in zip(expected, got, strict=True):
+                assert item.plain is None and item.md5 == want.md5
+                if want.stored_md5 is not None or content_md5:
+                    assert item.stored_md5 == codec.md5_digest(item.stored)
