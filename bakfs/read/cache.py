@@ -260,13 +260,15 @@ class ChunkCache:
         flight = _Flight(wanted)
         self._flights[key] = flight
         try:
-            # one thread receives and decodes as the bytes arrive; the md5 check is made
-            # there too, or in a batch with other objects' (bakfs.read.md5batch)
-            fetch = fetch_counted if self._checks is None else fetch_unchecked
+            # One thread receives and decodes as the bytes arrive, and checks the md5 when a
+            # reader waits for it; a read-ahead object's check goes in a batch with others'
+            # (bakfs.store.md5batch), where it waits for company.
+            batched = self._checks is not None and not wanted
+            fetch = fetch_unchecked if batched else fetch_counted
             data, stored = await self.bridge.run_s3(fetch, self.store, obj)
             self.stats.fetches += 1
             self.stats.fetched_bytes += stored
-            if self._checks is not None:
+            if batched and self._checks is not None:
                 flight.check = self._checks.queue([data], urgent=flight.wanted)
                 check_md5((await self._checks.wait(flight.check))[0], obj)
         except BakfsError as exc:
