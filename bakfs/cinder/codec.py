@@ -11,7 +11,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import zstandard
@@ -30,6 +30,7 @@ WRITE_ALGORITHMS = ("none", "zlib", "bz2", "zstd")
 ZLIB_LEVEL = 6  # zlib.compress's default, what Cinder gets
 BZ2_LEVEL = 9  # bz2.compress's default
 ZSTD_LEVEL = 3  # python-zstd's default
+STEP = 512 << 10  # bytes decoded per step when a hash follows the decoder
 
 
 def family(name: str) -> str:
@@ -165,12 +166,14 @@ def decode_stream(chunks: Iterable[bytes], recorded: str, length: int, md5: str,
     return out, consumed
 
 
-def decode_unchecked(chunks: Iterable[bytes], recorded: str, length: int,
-                     key: str) -> tuple[bytearray, int]:
+def decode_unchecked(chunks: Iterable[bytes], recorded: str, length: int, key: str,
+                     out: bytearray | None = None, filled: Callable[[int], None] | None = None
+                     ) -> tuple[bytearray, int]:
     """Decode a stored object as its bytes arrive, into a buffer of exactly the recorded
-    length; returns (plain bytes, stored bytes consumed). Its md5 is NOT checked yet: the
-    caller must `verify` it (or check it in a batch, bakfs.read.md5batch) before any of it
-    is used.
+    length (`out` when given); returns (plain bytes, stored bytes consumed). Its md5 is NOT
+    checked yet: the caller must `verify` it (or check it in a batch, bakfs.store.md5batch)
+    before any of it is used. `filled(n)` is told, as zstd decodes in steps of at most
+    STEP bytes, that the first n bytes are final (a hash can follow the decoder).
 
     Decoding overlaps the transfer instead of following it, no copy of the stored object is
     kept, and output past the recorded length is an error at once (no bomb gets past it).
@@ -178,22 +181,22 @@ def decode_unchecked(chunks: Iterable[bytes], recorded: str, length: int,
     recorded.
     """
     kind = family(recorded)
-    out = bytearray(length)
+    out = bytearray(length) if out is None else out
     view = memoryview(out)
     source = _Counted(chunks)
     try:
         if kind == "zstd":
-            filled, extra = _zstd_into(source, view)
+            done, extra = _zstd_into(source, view, filled)
         elif kind == "none":
-            filled, extra = _copy_into(source, view)
+            done, extra = _copy_into(source, view)
         else:
             decoder = zlib.decompressobj() if kind == "zlib" else bz2.BZ2Decompressor()
-            filled, extra = _decompressobj_into(source, view, decoder, kind)
+            done, extra = _decompressobj_into(source, view, decoder, kind)
     except (zlib.error, OSError, ValueError, EOFError, zstandard.ZstdError) as exc:
         raise IntegrityError(f"object {key}: cannot decompress as {recorded}: {exc}",
                              key) from None
-    if extra or filled != length:
-        size = f"more than {length}" if extra else str(filled)
+    if extra or done != length:
+        size = f"more than {length}" if extra else str(done)
         raise IntegrityError(f"object {key}: decompresses to {size} bytes, not the recorded "
                              f"{length}", key)
     return out, source.consumed
@@ -217,16 +220,21 @@ class _Counted:
             yield chunk
 
 
-def _zstd_into(source: _Counted, view: memoryview) -> tuple[int, bool]:
-    """Every frame (zstandard's one-shot decoder stops at the first) straight into view."""
+def _zstd_into(source: _Counted, view: memoryview,
+               told: Callable[[int], None] | None = None) -> tuple[int, bool]:
+    """Every frame (zstandard's one-shot decoder stops at the first) straight into view;
+    in steps of STEP bytes when `told` follows the progress."""
     reader = zstandard.ZstdDecompressor().stream_reader(
         source, read_size=1 << 20, read_across_frames=True)  # type: ignore[arg-type]
     filled = 0
+    step = len(view) if told is None else STEP
     while filled < len(view):
-        n = reader.readinto(view[filled:])
+        n = reader.readinto(view[filled:filled + step])
         if not n:
             break
         filled += n
+        if told is not None:
+            told(filled)
     return filled, bool(reader.read(1))
 
 

@@ -11,17 +11,21 @@ calls the store.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 from bakfs.cinder import codec
 from bakfs.cinder.metadata import ObjectEntry
 from bakfs.errors import IntegrityError, StoreUnreachable
 from bakfs.store.base import ObjectStore
+from bakfs.threads import Background
 
 log = logging.getLogger(__name__)
 
 STREAM_ATTEMPTS = 3
+PIPELINE_MIN = 1 << 20  # smaller objects are hashed after decoding: a thread costs more
 
 
 def decode_verified(body: bytes, obj: ObjectEntry) -> bytes:
@@ -37,10 +41,62 @@ def fetch_verified(store: ObjectStore, obj: ObjectEntry) -> bytes | bytearray:
 
 
 def fetch_counted(store: ObjectStore, obj: ObjectEntry) -> tuple[bytes | bytearray, int]:
-    """(verified plain bytes, stored bytes transferred) of one data object."""
-    plain, stored = fetch_unchecked(store, obj)
-    codec.verify(plain, obj.length, obj.md5, obj.name)
-    return plain, stored
+    """(verified plain bytes, stored bytes transferred) of one data object. A zstd object's
+    md5 is hashed in a second thread, a step behind the decoder, so the check ends soon after
+    the transfer instead of a whole object's md5 after it (4.6 ms for 4 MiB at 870 MiB/s):
+    what a reader waiting for one object waits for."""
+    if codec.family(obj.compression) != "zstd" or obj.length < PIPELINE_MIN:
+        plain, stored = fetch_unchecked(store, obj)
+        codec.verify(plain, obj.length, obj.md5, obj.name)
+        return plain, stored
+    for attempt in range(1, STREAM_ATTEMPTS + 1):
+        out = bytearray(obj.length)
+        behind = Md5Behind(memoryview(out))
+        try:
+            plain, stored = _stream(store, obj, attempt, out, behind.filled)
+        finally:
+            digest = behind.digest()
+        if plain is not None:
+            check_md5(digest, obj)
+            return plain, stored
+    raise AssertionError("unreachable")
+
+
+class Md5Behind:
+    """The md5 of a buffer, hashed in a thread of its own up to where it is filled, while
+    the filling goes on (hashlib releases the GIL on large updates)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._filled = 0
+        self._closed = False
+        self._changed = threading.Condition()
+        self._worker = Background(self._run, "md5-behind")
+
+    def filled(self, upto: int) -> None:
+        with self._changed:
+            self._filled = upto
+            self._changed.notify()
+
+    def digest(self) -> bytes:
+        """The md5 of what was filled, once hashed; ends the thread."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        return self._worker.result()
+
+    def _run(self) -> bytes:
+        md5 = hashlib.md5(usedforsecurity=False)
+        done = 0
+        while True:
+            with self._changed:
+                while self._filled == done and not self._closed:
+                    self._changed.wait()
+                upto = self._filled
+            if upto == done:  # closed, and everything filled is hashed
+                return md5.digest()
+            md5.update(self._view[done:upto])
+            done = upto
 
 
 def check_md5(digest: bytes, obj: ObjectEntry) -> None:
@@ -66,16 +122,26 @@ def fetch_unchecked(store: ObjectStore, obj: ObjectEntry) -> tuple[bytes | bytea
                                  f"the recorded {obj.length}", obj.name)
         return body, len(body)
     for attempt in range(1, STREAM_ATTEMPTS + 1):
-        received = [0]
-        try:
-            return codec.decode_unchecked(_counting(store.iter_object(obj.name), received),
-                                          obj.compression, obj.length, obj.name)
-        except StoreUnreachable as exc:
-            if not received[0] or attempt == STREAM_ATTEMPTS:
-                raise
-            log.warning("GET %s broke after %d bytes (%s); attempt %d of %d", obj.name,
-                        received[0], exc, attempt + 1, STREAM_ATTEMPTS)
+        plain, stored = _stream(store, obj, attempt)
+        if plain is not None:
+            return plain, stored
     raise AssertionError("unreachable")
+
+
+def _stream(store: ObjectStore, obj: ObjectEntry, attempt: int, out: bytearray | None = None,
+            filled: Callable[[int], None] | None = None) -> tuple[bytearray | None, int]:
+    """One streamed GET of a compressed object, decoded: (plain, stored bytes), or (None, 0)
+    when it broke after its first bytes and may be made again."""
+    received = [0]
+    try:
+        return codec.decode_unchecked(_counting(store.iter_object(obj.name), received),
+                                      obj.compression, obj.length, obj.name, out, filled)
+    except StoreUnreachable as exc:
+        if not received[0] or attempt == STREAM_ATTEMPTS:
+            raise
+        log.warning("GET %s broke after %d bytes (%s); attempt %d of %d", obj.name,
+                    received[0], exc, attempt + 1, STREAM_ATTEMPTS)
+        return None, 0
 
 
 def _counting(chunks: Iterator[bytes], received: list[int]) -> Iterator[bytes]:
