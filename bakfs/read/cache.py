@@ -29,9 +29,13 @@ Protocol (docs/read-engine.md has the long form):
   a full read of a large volume would otherwise evict every hot object for bytes it reads
   once, and pay a disk write per object.
 
-Async, over `bakfs.threads`: store GETs in s3 threads, decompression and md5 in cpu threads,
-files in disk threads, the LMDB bookkeeping in index threads. Knows nothing of FUSE or of the
-chunk index's schema; it sees an object only as an `ObjectEntry`.
+* md5: an object a reader waits for is checked in its fetch thread; a read-ahead object's
+  check goes in a batch with other objects' (bakfs.store.md5batch, SIMD lanes), and its
+  bytes are used only once the batch says they match.
+
+Async, over `bakfs.threads`: store GETs and their decoding in s3 threads, md5 batches in cpu
+threads, files in disk threads, the LMDB bookkeeping in index threads. Knows nothing of FUSE
+or of the chunk index's schema; it sees an object only as an `ObjectEntry`.
 """
 
 from __future__ import annotations
@@ -214,7 +218,7 @@ class ChunkCache:
     async def get(self, obj: ObjectEntry, keep: bool = True, wanted: bool = True) -> Plain:
         """The object's whole verified plain data, fetched at most once at a time.
         `wanted=False`: nobody waits for it yet (read-ahead), so its md5 check may wait for
-        company (bakfs.read.md5batch)."""
+        company (bakfs.store.md5batch)."""
         key = obj.cache_key
         while True:
             data = self._memory_get(key)
@@ -263,14 +267,14 @@ class ChunkCache:
             # One thread receives and decodes as the bytes arrive, and checks the md5 when a
             # reader waits for it; a read-ahead object's check goes in a batch with others'
             # (bakfs.store.md5batch), where it waits for company.
-            batched = self._checks is not None and not wanted
-            fetch = fetch_unchecked if batched else fetch_counted
+            checks = None if wanted else self._checks
+            fetch = fetch_counted if checks is None else fetch_unchecked
             data, stored = await self.bridge.run_s3(fetch, self.store, obj)
             self.stats.fetches += 1
             self.stats.fetched_bytes += stored
-            if batched and self._checks is not None:
-                flight.check = self._checks.queue([data], urgent=flight.wanted)
-                check_md5((await self._checks.wait(flight.check))[0], obj)
+            if checks is not None:
+                flight.check = checks.queue([data], urgent=flight.wanted)
+                check_md5((await checks.wait(flight.check))[0], obj)
         except BakfsError as exc:
             flight.error = exc
             raise
