@@ -87,8 +87,8 @@ def with_md5s(prepared: list[PreparedObject], content_md5: bool,
             done.append(item)
             continue
         digest = next(it)
-        stored = item.plain is item.stored
-        stored_md5 = digest if stored else (next(it) if content_md5 else None)
+        raw = item.plain is item.stored  # stored as it is: one digest serves both
+        stored_md5 = digest if raw else (next(it) if content_md5 else None)
         done.append(dataclasses.replace(item, md5=digest.hex(), stored_md5=stored_md5,
                                         plain=None))
     return done

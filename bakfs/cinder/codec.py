@@ -150,12 +150,22 @@ def md5_digest(data: bytes | memoryview) -> bytes:
 
 def verify(data: bytes | bytearray | memoryview, length: int, md5: str, key: str) -> None:
     """Fail unless decoded data has the recorded length and md5: wrong bytes are never served."""
-    if len(data) != length:
+    check_length(len(data), length, key)
+    check_digest(md5_digest(data), md5, key)
+
+
+def check_length(actual: int, length: int, key: str) -> None:
+    """IntegrityError unless decoded data's length is the recorded one."""
+    if actual != length:
         raise IntegrityError(
-            f"object {key}: decoded length {len(data)} differs from the recorded {length}", key)
-    actual = md5_hex(data)
-    if actual != md5.lower():
-        raise IntegrityError(f"object {key}: md5 {actual} differs from the recorded {md5}", key)
+            f"object {key}: decoded length {actual} differs from the recorded {length}", key)
+
+
+def check_digest(digest: bytes, md5: str, key: str) -> None:
+    """IntegrityError unless a raw md5 digest (however it was hashed) is the recorded md5."""
+    if digest.hex() != md5.lower():
+        raise IntegrityError(f"object {key}: md5 {digest.hex()} differs from the recorded "
+                             f"{md5}", key)
 
 
 def decode_stream(chunks: Iterable[bytes], recorded: str, length: int, md5: str,

@@ -4,7 +4,7 @@ the length and md5 their `_metadata` records, so no reader ever sees unverified 
 `fetch_counted` streams: it decodes each piece as the GET delivers it, so a fetch costs the
 transfer or the CPU work, whichever is longer, rather than their sum, and holds no copy of
 the stored object; then it checks the md5. `fetch_unchecked` leaves that check to a caller
-that batches it with other objects' (bakfs.read.md5batch). A GET that breaks after its first
+that batches it with other objects' (bakfs.store.md5batch). A GET that breaks after its first
 bytes is made again (the request itself was already retried by the store). Blocking code: it
 calls the store.
 """
@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 from bakfs.cinder import codec
 from bakfs.cinder.metadata import ObjectEntry
-from bakfs.errors import IntegrityError, StoreUnreachable
+from bakfs.errors import StoreUnreachable
 from bakfs.store.base import ObjectStore
 from bakfs.threads import Background
 
@@ -102,24 +102,20 @@ class Md5Behind:
 def check_md5(digest: bytes, obj: ObjectEntry) -> None:
     """IntegrityError unless digest (of plain bytes `fetch_unchecked` returned) is the md5
     `_metadata` records for the object."""
-    if digest.hex() != obj.md5.lower():
-        raise IntegrityError(f"object {obj.name}: md5 {digest.hex()} differs from the "
-                             f"recorded {obj.md5}", obj.name)
+    codec.check_digest(digest, obj.md5, obj.name)
 
 
 def fetch_unchecked(store: ObjectStore, obj: ObjectEntry) -> tuple[bytes | bytearray, int]:
     """(plain bytes of the recorded length, stored bytes transferred) of one data object,
     streamed when it is compressed; its md5 is NOT checked yet (the caller checks it before
-    any byte is used, alone or in a batch: bakfs.read.md5batch).
+    any byte is used, alone or in a batch: bakfs.store.md5batch).
 
     A raw object (codec "none") is read whole instead: the socket fills its one buffer
     directly, where pieces would each be copied once more, and there is no decoding to
     overlap with the transfer."""
     if codec.family(obj.compression) == "none":
         body = store.get(obj.name)
-        if len(body) != obj.length:
-            raise IntegrityError(f"object {obj.name}: decoded length {len(body)} differs from "
-                                 f"the recorded {obj.length}", obj.name)
+        codec.check_length(len(body), obj.length, obj.name)
         return body, len(body)
     for attempt in range(1, STREAM_ATTEMPTS + 1):
         plain, stored = _stream(store, obj, attempt)
