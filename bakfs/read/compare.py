@@ -13,7 +13,6 @@ Async on trio; blocking work through `bakfs.threads`. Knows nothing of FUSE.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import hashlib
 import os
@@ -31,6 +30,7 @@ from bakfs.cinder import naming
 from bakfs.cinder.extents import DIGEST_SIZE, Digests
 from bakfs.cinder.metadata import Sha256File
 from bakfs.config import Config
+from bakfs.devices import claim_device
 from bakfs.errors import BadMetadata, TargetError
 from bakfs.store import open_store, store_identity
 from bakfs.store.base import ObjectStore
@@ -56,7 +56,7 @@ class DeviceTarget:
 
 def open_device_target(path: str, *, writable: bool) -> DeviceTarget:
     """Open an existing regular file or block device. A block device opened for writing is
-    claimed exclusively (O_EXCL), so one that is mounted or held by another program is
+    claimed exclusively (`bakfs.devices`), so one that is mounted or held by another program is
     refused instead of being changed under its user."""
     try:
         st = os.stat(path)
@@ -67,16 +67,13 @@ def open_device_target(path: str, *, writable: bool) -> DeviceTarget:
     is_device = stat.S_ISBLK(st.st_mode)
     if not is_device and not stat.S_ISREG(st.st_mode):
         raise TargetError(f"{path} is neither a regular file nor a block device")
-    flags = os.O_RDWR if writable else os.O_RDONLY
     if writable and is_device:
-        flags |= os.O_EXCL
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno == errno.EBUSY:
-            raise TargetError(f"{path} is in use (mounted, or held by another program); "
-                              "unmount or release it first") from None
-        raise TargetError(f"cannot open {path}: {exc.strerror}") from None
+        fd = claim_device(path, os.O_RDWR)
+    else:
+        try:
+            fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        except OSError as exc:
+            raise TargetError(f"cannot open {path}: {exc.strerror}") from None
     size = os.lseek(fd, 0, os.SEEK_END) if is_device else st.st_size
     return DeviceTarget(path, fd, size, is_device)
 

@@ -6,7 +6,8 @@ not written (Cinder does the same with 1 MiB windows for a new volume) and the f
 truncated to the volume size. It is written as `.TARGET.bakfs-partial` beside TARGET and
 linked to TARGET only when complete, so no interrupted restore leaves a TARGET that looks
 whole. An existing regular file or a block device gets every byte written in place (its old
-contents must not show through). Data goes through one page-aligned
+contents must not show through); a device is claimed exclusively (`bakfs.devices`), so one
+that is mounted or held by another program is refused. Data goes through one page-aligned
 window, reused for every request, and out with O_DIRECT where the target allows it
 (`bakfs.read.direct`).
 
@@ -20,6 +21,7 @@ import mmap
 import os
 import stat
 
+from bakfs.devices import claim_device
 from bakfs.errors import TargetError
 from bakfs.read.direct import DirectWriter
 
@@ -123,7 +125,7 @@ def open_target(target: str, size: int) -> Target:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             return Target(partial, fd, True, True, final=target)
         if stat.S_ISBLK(st.st_mode):
-            fd = os.open(target, os.O_WRONLY)
+            fd = claim_device(target)  # never one that is mounted or held
             device_size = os.lseek(fd, 0, os.SEEK_END)
             if device_size < size:
                 os.close(fd)

@@ -37,6 +37,7 @@ from pathlib import Path
 import trio
 
 from bakfs.config import TsmOptions
+from bakfs.devices import check_device_free
 from bakfs.errors import (
     TsmClientError,
     TsmError,
@@ -369,6 +370,7 @@ class DsmcRunner:
         """Restore onto a block device. Image mode: as Cinder, dsmc writes to the backup's own
         name linked to the device. File mode: restore to a scratch file, verify, copy."""
         what = f"TSM restore of backup {record.backup_id} to {device}"
+        check_device_free(device)  # dsmc and the copy open it themselves: refuse a mounted one
         if record.mode == "file":
             with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="restore-") as tmp:
                 staged = os.path.join(tmp, "volume")

@@ -111,6 +111,33 @@ def test_restore_to_a_block_device(s3_store: S3Store, engine_config: Callable[..
     assert result.sha256 == sha256(chain.images[-1])
 
 
+def test_restore_refuses_a_block_device_in_use(s3_store: S3Store,
+                                               engine_config: Callable[..., Config],
+                                               tmp_path: Path) -> None:
+    """A device someone holds (mounted, or claimed like this) is refused before a byte is
+    written: a restore must not change a live file system under its user."""
+    chain = write_chain(s3_store, make_versions(SIZE, 1, seed=11), "vol-busy")
+    backing = tmp_path / "busy.img"
+    device_size = SIZE - SIZE % 4096 + 4096
+    backing.write_bytes(b"\xee" * device_size)
+    attach = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
+                            text=True)
+    if attach.returncode != 0:
+        pytest.fail(f"losetup failed (the test needs root and loop devices): {attach.stderr}")
+    device = attach.stdout.strip()
+    try:
+        holder = os.open(device, os.O_RDONLY | os.O_EXCL)  # another program claims it
+        try:
+            with pytest.raises(TargetError, match="in use"):
+                trio.run(lambda: restore_with(engine_config(), chain.ids[0], device))
+        finally:
+            os.close(holder)
+        with open(device, "rb") as f:
+            assert f.read() == b"\xee" * device_size  # untouched
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)
+
+
 def test_restore_and_cache_on_tmpfs(s3_store: S3Store, engine_config: Callable[..., Config],
                                     tmp_path: Path) -> None:
     """tmpfs may refuse O_DIRECT: the target and the cache fall back to buffered writes."""

@@ -24,6 +24,7 @@ from bakfs.config import Config
 from bakfs.errors import (
     AlreadyExists,
     BackupNotFound,
+    TargetError,
     TsmAuthFailed,
     TsmClientError,
     TsmIntegrityError,
@@ -104,6 +105,14 @@ def test_block_device_backup_in_image_mode(config: Config, store: LocalStore, si
     # onto a block device, as Cinder does: the backup's own name linked to the device
     with open(loop_device, "r+b") as f:
         f.write(bytes(len(data)))
+    holder = os.open(loop_device, os.O_RDONLY | os.O_EXCL)  # in use: refused before dsmc
+    try:
+        with pytest.raises(TargetError, match="in use"):
+            run_tsm_restore(config, str(doc["backup_id"]), loop_device)
+    finally:
+        os.close(holder)
+    with open(loop_device, "rb") as f:
+        assert f.read() == bytes(len(data))
     assert run_tsm_restore(config, str(doc["backup_id"]), loop_device) == 0
     with open(loop_device, "rb") as f:
         assert f.read() == data

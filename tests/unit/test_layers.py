@@ -26,7 +26,8 @@ from bakfs import errors
 
 ROOT = Path(bakfs.__file__).resolve().parent
 
-BASE = ("errors", "config", "log", "threads", "procfs", "allocator", "sample_image", "spill")
+BASE = ("errors", "config", "log", "threads", "procfs", "allocator", "sample_image", "spill",
+        "devices")
 LAYERS: dict[str, int] = {**dict.fromkeys(BASE, 0), "cinder": 1, "store": 2, "catalog": 3,
                           "read": 4, "backup": 4, "tsm": 4, "mount": 5, "cli": 6,
                           "__init__": 0, "__main__": 7}
