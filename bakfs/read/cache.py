@@ -77,8 +77,10 @@ MAX_FDS = max(32, min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
 NOWAIT_MAX = 256 << 10  # larger reads copy too long for the trio thread: a disk thread reads
 WRITE_BACKLOG = 32 << 20  # bytes of disk writes left to run in the background
 # A read-ahead object's md5 check waits at most this long for company (a reader's wait
-# starts it at once): the objects a stream reads next are checked side by side.
-CHECK_LINGER = 0.02
+# starts it at once): the objects a stream reads next are checked side by side. With 48 MiB
+# of read-ahead a cold dd hashed 6.3 objects a batch at 40 ms against 4.8 at 20 ms, for 7 %
+# less CPU (AMD EPYC, three pairs); with 32 MiB, 50 ms had been slower than 20.
+CHECK_LINGER = 0.04
 
 
 @dataclasses.dataclass

@@ -29,7 +29,7 @@ from bakfs.catalog.index import KIND_DATA, BackupRecord, Span
 from bakfs.config import Config
 from bakfs.errors import BakfsError
 from bakfs.read.cache import ChunkCache
-from bakfs.read.readahead import MIN_WINDOW, ReadAhead
+from bakfs.read.readahead import MIN_WINDOW, ReadAhead, readahead_share
 from bakfs.store import open_store, store_identity
 from bakfs.store.base import ObjectStore
 from bakfs.threads import Bridge, plain_errors
@@ -59,7 +59,8 @@ class Engine:
         self.stats = ReaderStats()
         self.readahead = ReadAhead(
             cache, nursery,
-            min(config.cache.readahead_max, max(config.cache.memory_size // 2, MIN_WINDOW)),
+            min(config.cache.readahead_max, max(readahead_share(config.cache.memory_size),
+                                                 MIN_WINDOW)),
             catalog.spans)
 
     async def read(self, record: BackupRecord, offset: int, size: int,

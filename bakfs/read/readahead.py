@@ -3,8 +3,9 @@ consumes the ones it has.
 
 Each reader stream (a backup, or whatever `stream` the caller passes, such as a file handle)
 has a window: it starts when two reads are consecutive, doubles with each further
-consecutive read up to `limit` (at most half the cache's memory layer, or what was fetched
-ahead would be evicted before the reader gets there), and resets on a random access.
+consecutive read up to `limit` (at most three quarters of the cache's memory layer, or what
+was fetched ahead would be evicted before the reader gets there), and resets on a random
+access.
 Fetches run in the engine's nursery and are bounded, across all streams, by `limit` bytes in
 flight, so memory stays flat whatever the volume size.
 
@@ -25,6 +26,17 @@ from bakfs.read.cache import ChunkCache
 
 MIN_WINDOW = 1 << 20
 MAX_STREAMS = 1024
+
+
+def readahead_share(memory_size: int) -> int:
+    """The largest read-ahead a memory layer of `memory_size` bytes holds. Read-ahead lands in
+    that layer; the last quarter keeps what the reader is on and a few objects behind it.
+
+    Measured (1 GiB cold dd, 64 MiB layer, AMD EPYC): half the layer (32 MiB, 8 objects) put
+    3.5 objects in an md5 batch and read 636-752 MB/s; three quarters (48 MiB) 4.8 objects and
+    755-818 MB/s, at the same peak RSS; the whole layer evicted objects before their use
+    (574-668 MB/s)."""
+    return memory_size * 3 // 4
 
 
 @dataclasses.dataclass
