@@ -249,3 +249,22 @@ async def read_backup(engine: Engine, backup_id: str, offset: int, size: int,
                stream: object = None) -> bytes:
     """Bytes of a backup named by id, found as a command naming a backup finds it."""
     return bytes(await engine.read(await engine.catalog.find(backup_id), offset, size, stream))
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[Callable[[bytes], str]]:
+    """Loop devices over files holding the given bytes; detached in teardown."""
+    devices: list[str] = []
+
+    def attach(content: bytes) -> str:
+        backing = tmp_path / f"loop{len(devices)}.img"
+        backing.write_bytes(content)
+        result = subprocess.run(["losetup", "--find", "--show", str(backing)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, f"losetup (needs root): {result.stderr}"
+        devices.append(result.stdout.strip())
+        return devices[-1]
+
+    yield attach
+    for device in devices:
+        subprocess.run(["losetup", "--detach", device], capture_output=True)

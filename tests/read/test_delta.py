@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,25 +39,6 @@ def differing_ranges(old: bytes, new: bytes) -> list[tuple[int, int]]:
             else:
                 runs.append((offset, length))
     return runs
-
-
-@pytest.fixture
-def loop_device(tmp_path: Path) -> Iterator[Callable[[bytes], str]]:
-    """Loop devices over files holding the given bytes; detached in teardown."""
-    devices: list[str] = []
-
-    def attach(content: bytes) -> str:
-        backing = tmp_path / f"loop{len(devices)}.img"
-        backing.write_bytes(content)
-        result = subprocess.run(["losetup", "--find", "--show", str(backing)],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, f"losetup (needs root): {result.stderr}"
-        devices.append(result.stdout.strip())
-        return devices[-1]
-
-    yield attach
-    for device in devices:
-        subprocess.run(["losetup", "--detach", device], capture_output=True)
 
 
 def test_verify_device_reads_no_data_and_finds_every_differing_block(

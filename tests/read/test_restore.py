@@ -86,26 +86,16 @@ def test_random_reads_match_source(s3_store: S3Store, engine_config: Callable[..
 
 
 def test_restore_to_a_block_device(s3_store: S3Store, engine_config: Callable[..., Config],
-                                   tmp_path: Path) -> None:
+                                   loop_device: Callable[[bytes], str]) -> None:
     """A loop device over a file bigger than the volume: every byte is written (no holes are
     assumed on a device), nothing past the volume is touched."""
     chain = write_chain(s3_store, make_versions(SIZE, 2, seed=9), "vol-blk")
-    backing = tmp_path / "backing.img"
     device_size = SIZE - SIZE % 4096 + 3 * 4096
-    backing.write_bytes(b"\xee" * device_size)
-    attach = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
-                            text=True)
-    if attach.returncode != 0:
-        pytest.fail(f"losetup failed (the test needs root and loop devices): {attach.stderr}")
-    device = attach.stdout.strip()
-    try:
-        result = trio.run(lambda: restore_with(engine_config(), chain.ids[-1], device,
-                                               sha256=True))
-        assert not result.sparse and result.written_bytes == SIZE
-        with open(device, "rb") as f:
-            content = f.read()
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=True)
+    device = loop_device(b"\xee" * device_size)
+    result = trio.run(lambda: restore_with(engine_config(), chain.ids[-1], device, sha256=True))
+    assert not result.sparse and result.written_bytes == SIZE
+    with open(device, "rb") as f:
+        content = f.read()
     assert content[:SIZE] == chain.images[-1]
     assert content[SIZE:] == b"\xee" * (device_size - SIZE)
     assert result.sha256 == sha256(chain.images[-1])
@@ -113,29 +103,20 @@ def test_restore_to_a_block_device(s3_store: S3Store, engine_config: Callable[..
 
 def test_restore_refuses_a_block_device_in_use(s3_store: S3Store,
                                                engine_config: Callable[..., Config],
-                                               tmp_path: Path) -> None:
+                                               loop_device: Callable[[bytes], str]) -> None:
     """A device someone holds (mounted, or claimed like this) is refused before a byte is
     written: a restore must not change a live file system under its user."""
     chain = write_chain(s3_store, make_versions(SIZE, 1, seed=11), "vol-busy")
-    backing = tmp_path / "busy.img"
     device_size = SIZE - SIZE % 4096 + 4096
-    backing.write_bytes(b"\xee" * device_size)
-    attach = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
-                            text=True)
-    if attach.returncode != 0:
-        pytest.fail(f"losetup failed (the test needs root and loop devices): {attach.stderr}")
-    device = attach.stdout.strip()
+    device = loop_device(b"\xee" * device_size)
+    holder = os.open(device, os.O_RDONLY | os.O_EXCL)  # another program claims it
     try:
-        holder = os.open(device, os.O_RDONLY | os.O_EXCL)  # another program claims it
-        try:
-            with pytest.raises(TargetError, match="in use"):
-                trio.run(lambda: restore_with(engine_config(), chain.ids[0], device))
-        finally:
-            os.close(holder)
-        with open(device, "rb") as f:
-            assert f.read() == b"\xee" * device_size  # untouched
+        with pytest.raises(TargetError, match="in use"):
+            trio.run(lambda: restore_with(engine_config(), chain.ids[0], device))
     finally:
-        subprocess.run(["losetup", "--detach", device], check=True)
+        os.close(holder)
+    with open(device, "rb") as f:
+        assert f.read() == b"\xee" * device_size  # untouched
 
 
 def test_restore_and_cache_on_tmpfs(s3_store: S3Store, engine_config: Callable[..., Config],
