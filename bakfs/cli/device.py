@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def verify_device(args: argparse.Namespace, config: Config) -> int:
-    with Phases(json_lines=args.json) as phases:
+    with Phases(config.s3.enable_progress_timer, json_lines=args.json) as phases:
         def on_start(size: int) -> Callable[[int], None]:
             return phases.start("compare", size).update_to
 
@@ -77,7 +77,7 @@ def print_comparison(c: Comparison) -> None:
 
 
 def delta(args: argparse.Namespace, config: Config) -> int:
-    with Phases(json_lines=args.json) as phases:
+    with Phases(config.s3.enable_progress_timer, json_lines=args.json) as phases:
         def on_start(phase: str, total: int) -> Callable[[int], None]:
             return phases.start(phase, total).update_to
 

@@ -14,7 +14,7 @@ from bakfs.read.restore import RestoreResult, restore_with
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    with Phases(json_lines=args.json) as phases:
+    with Phases(config.s3.enable_progress_timer, json_lines=args.json) as phases:
         def on_start(size: int) -> Callable[[int], None]:
             return phases.start("restore", size).update_to
 

@@ -191,13 +191,18 @@ def bakfs(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           text=True, env=env, timeout=120)
 
 
-def test_the_commands_exit_codes_and_json(rgw: S3Server, s3_store: S3Store,
-                                          tmp_path: Path) -> None:
-    chain = write_chain(s3_store, make_versions(SIZE, 2, seed=10), "vol-cli")
+def cli_env(rgw: S3Server, s3_store: S3Store, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
     env.update({**rgw.env(s3_store.bucket), "BAKFS_S3_OBJECT_SIZE": str(OBJECT),
                 "BAKFS_S3_BLOCK_SIZE": str(BLOCK), "BAKFS_CACHE_PATH": str(tmp_path / "c"),
                 "BAKFS_INDEX_PATH": str(tmp_path / "i")})
+    return env
+
+
+def test_the_commands_exit_codes_and_json(rgw: S3Server, s3_store: S3Store,
+                                          tmp_path: Path) -> None:
+    chain = write_chain(s3_store, make_versions(SIZE, 2, seed=10), "vol-cli")
+    env = cli_env(rgw, s3_store, tmp_path)
     target = tmp_path / "t.img"
     target.write_bytes(chain.images[0])
     differ = bakfs("verify-device", chain.ids[1], str(target), "--json", env=env)
@@ -224,3 +229,29 @@ def test_the_commands_exit_codes_and_json(rgw: S3Server, s3_store: S3Store,
         assert "Traceback" not in failed.stderr
     wrong = bakfs("restore", chain.ids[1], str(target), "--dry-run", env=env)
     assert wrong.returncode == 2 and "--delta" in wrong.stderr
+
+
+def test_progress_lines_follow_the_progress_timer(rgw: S3Server, s3_store: S3Store,
+                                                  tmp_path: Path) -> None:
+    """`s3.enable_progress_timer = false` silences the progress of restore, verify-device and
+    delta as it does a backup's; the final JSON summary stays on stdout either way."""
+    chain = write_chain(s3_store, make_versions(SIZE, 2, seed=12), "vol-timer")
+    target = tmp_path / "t.img"
+    target.write_bytes(chain.images[0])
+    runs = {"restore": ("restore", chain.ids[1], str(tmp_path / "new.img"), "--json"),
+            "verify": ("verify-device", chain.ids[1], str(target), "--json"),
+            "delta": ("restore", chain.ids[1], str(target), "--delta", "--json")}
+    for timer in ("true", "false"):
+        env = {**cli_env(rgw, s3_store, tmp_path), "BAKFS_S3_ENABLE_PROGRESS_TIMER": timer}
+        (tmp_path / "new.img").unlink(missing_ok=True)
+        target.write_bytes(chain.images[0])
+        for name, args in runs.items():
+            done = bakfs(*args, env=env)
+            assert done.returncode in (0, 1), done.stderr  # verify-device: 1 = differs
+            assert json.loads(done.stdout)  # the summary
+            lines = [json.loads(line) for line in done.stderr.splitlines()
+                     if line.startswith("{")]
+            if timer == "true":
+                assert any("progress" in line for line in lines), (name, done.stderr)
+            else:
+                assert lines == [], (name, done.stderr)
