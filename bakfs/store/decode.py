@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator
 
 from bakfs.cinder import codec
 from bakfs.cinder.metadata import ObjectEntry
-from bakfs.errors import StoreUnreachable
+from bakfs.errors import IntegrityError, StoreUnreachable
 from bakfs.store.base import ObjectStore
+from bakfs.store.streams import get_at_most
 from bakfs.threads import Background
 
 log = logging.getLogger(__name__)
@@ -110,11 +111,15 @@ def fetch_unchecked(store: ObjectStore, obj: ObjectEntry) -> tuple[bytes | bytea
     streamed when it is compressed; its md5 is NOT checked yet (the caller checks it before
     any byte is used, alone or in a batch: bakfs.store.md5batch).
 
-    A raw object (codec "none") is read whole instead: the socket fills its one buffer
+    A raw object (codec "none") is read in one GET instead: the socket fills its one buffer
     directly, where pieces would each be copied once more, and there is no decoding to
-    overlap with the transfer."""
+    overlap with the transfer. The GET asks for one byte more than recorded, so an object
+    that grew in the store is refused without being read whole."""
     if codec.family(obj.compression) == "none":
-        body = store.get(obj.name)
+        body = get_at_most(store, obj.name, obj.length + 1)
+        if len(body) > obj.length:
+            raise IntegrityError(f"object {obj.name}: holds more than the recorded "
+                                 f"{obj.length} bytes", obj.name)
         codec.check_length(len(body), obj.length, obj.name)
         return body, len(body)
     for attempt in range(1, STREAM_ATTEMPTS + 1):

@@ -15,16 +15,22 @@ from bakfs.store.base import ObjectStore
 READ_PIECE = 8 << 20
 
 
-def read_pieces(store: ObjectStore, key: str, piece: int = READ_PIECE) -> Iterator[bytes]:
-    """The object's bytes in order, `piece` bytes per GET: one GET for an object smaller
-    than that, else a HEAD for its size and a ranged GET per piece."""
+def get_at_most(store: ObjectStore, key: str, limit: int) -> bytes:
+    """The first `limit` bytes of an object (all of it when shorter), in one ranged GET: an
+    object far longer than expected costs no more memory than `limit`."""
     try:
-        first = store.get(key, (0, piece))
+        return store.get(key, (0, limit))
     except StoreRefused as exc:
         # S3 refuses any range of an empty object (416 InvalidRange)
         if isinstance(exc, ObjectMissing | AccessDenied) or store.head(key).size:
             raise
-        first = b""
+        return b""
+
+
+def read_pieces(store: ObjectStore, key: str, piece: int = READ_PIECE) -> Iterator[bytes]:
+    """The object's bytes in order, `piece` bytes per GET: one GET for an object smaller
+    than that, else a HEAD for its size and a ranged GET per piece."""
+    first = get_at_most(store, key, piece)
     yield first
     if len(first) < piece:
         return

@@ -11,8 +11,14 @@ import pytest
 from bakfs.cinder import codec
 from bakfs.cinder.metadata import ObjectEntry
 from bakfs.errors import IntegrityError
+from bakfs.store.base import ObjectStore
 from bakfs.store.decode import PIPELINE_MIN, Md5Behind, fetch_counted, fetch_unchecked
 from bakfs.store.localdir import LocalStore
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest) -> ObjectStore:
+    return request.getfixturevalue(f"{request.param}_store")  # type: ignore[no-any-return]
 
 
 def _object(store: LocalStore, name: str, plain: bytes, md5: str | None = None) -> ObjectEntry:
@@ -59,3 +65,39 @@ def test_a_waited_for_object_of_other_bytes_fails_naming_it(local_store: LocalSt
     short = _object(local_store, "o3", plain[:-1], md5=codec.md5_hex(plain))
     with pytest.raises(IntegrityError, match="decompresses to"):
         fetch_counted(local_store, ObjectEntry("o3", 0, len(plain), "zstd", short.md5))
+
+
+class _Ranges:
+    """A store that records the byte ranges asked of it."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.asked: list[tuple[int, int] | None] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        self.asked.append(byte_range)
+        return self.store.get(key, byte_range)
+
+
+def test_a_raw_object_of_another_length_is_refused_without_reading_it_whole(
+        store: ObjectStore) -> None:
+    """A raw object that grew in the store (here 8 MiB where 64 KiB is recorded) is refused
+    after one ranged GET of one byte more than recorded; a short or empty one too."""
+    plain = random.Random(4).randbytes(64 << 10)
+    obj = ObjectEntry("raw1", 0, len(plain), "none", codec.md5_hex(plain))
+    store.put("raw1", plain)
+    ranges = _Ranges(store)
+    assert fetch_unchecked(ranges, obj) == (plain, len(plain))  # type: ignore[arg-type]
+    assert fetch_counted(ranges, obj)[0] == plain  # type: ignore[arg-type]
+    assert ranges.asked == [(0, len(plain) + 1)] * 2
+    for stored, message in ((plain + bytes(8 << 20), "holds more than the recorded 65536"),
+                            (plain[:-1], "decoded length 65535 differs"),
+                            (b"", "decoded length 0 differs")):
+        store.put("raw1", stored)
+        with pytest.raises(IntegrityError, match=message) as info:
+            fetch_counted(ranges, obj)  # type: ignore[arg-type]
+        assert info.value.key == "raw1"
+    assert ranges.asked[-3:] == [(0, len(plain) + 1)] * 3
