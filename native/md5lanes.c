@@ -88,22 +88,28 @@ static void lane_write(const struct lane *lane, const uint32_t *state, int width
 /* Word w of every lane's 64-byte block, as one vector: each block loaded whole, then the
  * 16 x 16 (AVX-512) or two 8 x 8 (AVX2) matrices of words transposed in registers. Gathers
  * cost twice the hashing itself on AMD Zen 4. */
+/* Rows g..g+3 of r, transposed within each 128-bit lane: u[g + j] lane k = word 4k + j.
+ * The first stage of both transposes; P is the intrinsics' prefix (_mm512 or _mm256). */
+#define TRANSPOSE_4X4(P, r, t, u, g)                                                         \
+    do {                                                                                     \
+        t[0] = P##_unpacklo_epi32(r[g], r[g + 1]);                                           \
+        t[1] = P##_unpackhi_epi32(r[g], r[g + 1]);                                           \
+        t[2] = P##_unpacklo_epi32(r[g + 2], r[g + 3]);                                       \
+        t[3] = P##_unpackhi_epi32(r[g + 2], r[g + 3]);                                       \
+        u[g] = P##_unpacklo_epi64(t[0], t[2]);                                               \
+        u[g + 1] = P##_unpackhi_epi64(t[0], t[2]);                                           \
+        u[g + 2] = P##_unpacklo_epi64(t[1], t[3]);                                           \
+        u[g + 3] = P##_unpackhi_epi64(t[1], t[3]);                                           \
+    } while (0)
+
 __attribute__((target("avx512f"))) static inline void
 transpose16(__m512i words[16], const uint8_t *const blocks[16])
 {
     __m512i r[16], t[16], u[16];
     for (int l = 0; l < 16; l++)
         r[l] = _mm512_loadu_si512((const void *)blocks[l]);
-    for (int g = 0; g < 16; g += 4) { /* rows g..g+3: u[g + j] lane k = word 4k + j */
-        t[0] = _mm512_unpacklo_epi32(r[g], r[g + 1]);
-        t[1] = _mm512_unpackhi_epi32(r[g], r[g + 1]);
-        t[2] = _mm512_unpacklo_epi32(r[g + 2], r[g + 3]);
-        t[3] = _mm512_unpackhi_epi32(r[g + 2], r[g + 3]);
-        u[g] = _mm512_unpacklo_epi64(t[0], t[2]);
-        u[g + 1] = _mm512_unpackhi_epi64(t[0], t[2]);
-        u[g + 2] = _mm512_unpacklo_epi64(t[1], t[3]);
-        u[g + 3] = _mm512_unpackhi_epi64(t[1], t[3]);
-    }
+    for (int g = 0; g < 16; g += 4)
+        TRANSPOSE_4X4(_mm512, r, t, u, g);
     for (int j = 0; j < 4; j++) {
         __m512i va = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88);
         __m512i vb = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xdd);
@@ -120,16 +126,8 @@ __attribute__((target("avx2"))) static inline void
 transpose8x8(__m256i out[8], const __m256i r[8])
 {
     __m256i t[4], u[8];
-    for (int g = 0; g < 8; g += 4) { /* rows g..g+3: u[g + j] lane k = word 4k + j */
-        t[0] = _mm256_unpacklo_epi32(r[g], r[g + 1]);
-        t[1] = _mm256_unpackhi_epi32(r[g], r[g + 1]);
-        t[2] = _mm256_unpacklo_epi32(r[g + 2], r[g + 3]);
-        t[3] = _mm256_unpackhi_epi32(r[g + 2], r[g + 3]);
-        u[g] = _mm256_unpacklo_epi64(t[0], t[2]);
-        u[g + 1] = _mm256_unpackhi_epi64(t[0], t[2]);
-        u[g + 2] = _mm256_unpacklo_epi64(t[1], t[3]);
-        u[g + 3] = _mm256_unpackhi_epi64(t[1], t[3]);
-    }
+    for (int g = 0; g < 8; g += 4)
+        TRANSPOSE_4X4(_mm256, r, t, u, g);
     for (int j = 0; j < 4; j++) {
         out[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
         out[4 + j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
