@@ -143,7 +143,7 @@ def md5_hex(data: bytes | memoryview) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def md5_digest(data: bytes | memoryview) -> bytes:
+def md5_digest(data: bytes | bytearray | memoryview) -> bytes:
     """Raw MD5 of data (hex() of it is `md5_hex`); also the Content-MD5 of an upload."""
     return hashlib.md5(data, usedforsecurity=False).digest()
 

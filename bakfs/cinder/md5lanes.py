@@ -14,9 +14,10 @@ Pure CPU code; `digests` releases the GIL while it hashes.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from types import ModuleType
+
+from bakfs.cinder.codec import md5_digest
 
 Buffer = bytes | bytearray | memoryview
 
@@ -30,12 +31,8 @@ NATIVE: ModuleType | None = _built if _built is not None and _built.lanes() else
 LANES = NATIVE.lanes() if NATIVE is not None else 1
 
 
-def openssl_digest(data: Buffer) -> bytes:
-    return hashlib.md5(data, usedforsecurity=False).digest()
-
-
 def digests(buffers: Sequence[Buffer]) -> list[bytes]:
     """Raw MD5 digests of buffers, in order: side by side in lanes when there are several."""
     if NATIVE is None or len(buffers) < 2:
-        return [openssl_digest(b) for b in buffers]
+        return [md5_digest(b) for b in buffers]
     return NATIVE.digests(buffers)  # type: ignore[no-any-return]
