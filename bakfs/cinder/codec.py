@@ -168,14 +168,6 @@ def check_digest(digest: bytes, md5: str, key: str) -> None:
                              f"{md5}", key)
 
 
-def decode_stream(chunks: Iterable[bytes], recorded: str, length: int, md5: str,
-                  key: str) -> tuple[bytearray, int]:
-    """`decode_unchecked`, then the md5 check: (verified plain bytes, stored bytes consumed)."""
-    out, consumed = decode_unchecked(chunks, recorded, length, key)
-    verify(out, length, md5, key)
-    return out, consumed
-
-
 def decode_unchecked(chunks: Iterable[bytes], recorded: str, length: int, key: str,
                      out: bytearray | None = None, filled: Callable[[int], None] | None = None
                      ) -> tuple[bytearray, int]:

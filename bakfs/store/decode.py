@@ -29,13 +29,6 @@ STREAM_ATTEMPTS = 3
 PIPELINE_MIN = 1 << 20  # smaller objects are hashed after decoding: a thread costs more
 
 
-def decode_verified(body: bytes, obj: ObjectEntry) -> bytes:
-    """Plain bytes of a fetched object, or IntegrityError naming it."""
-    plain = codec.decompress(body, obj.compression, obj.length, obj.name)
-    codec.verify(plain, obj.length, obj.md5, obj.name)
-    return plain
-
-
 def fetch_verified(store: ObjectStore, obj: ObjectEntry) -> bytes | bytearray:
     """GET one data object and return its verified plain bytes."""
     return fetch_counted(store, obj)[0]

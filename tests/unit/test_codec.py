@@ -68,48 +68,50 @@ def test_verify_checks_length_and_md5_and_names_the_object() -> None:
 
 @pytest.mark.parametrize("algorithm", ["none", "zlib", "bz2", "zstd"])
 @pytest.mark.parametrize("piece", [1, 1000, 1 << 20])
-def test_decode_stream_matches_the_one_shot_decoder(algorithm: str, piece: int) -> None:
+def test_decode_unchecked_matches_the_one_shot_decoder(algorithm: str, piece: int) -> None:
     plain = os.urandom(70_000) + bytes(200_000) + b"text " * 9000
     stored, recorded = codec.compress(plain, algorithm)
     stored = bytes(stored)
     chunks = [stored[i:i + piece] for i in range(0, len(stored), piece)]
-    out, consumed = codec.decode_stream(chunks, recorded, len(plain), codec.md5_hex(plain), "k")
+    out, consumed = codec.decode_unchecked(chunks, recorded, len(plain), "k")
+    codec.verify(out, len(plain), codec.md5_hex(plain), "k")
     assert out == plain and consumed == len(stored)
 
 
 @pytest.mark.parametrize("algorithm", ["none", "zlib", "bz2", "zstd"])
-def test_decode_stream_refuses_a_longer_shorter_or_changed_object(algorithm: str) -> None:
+def test_decode_unchecked_refuses_a_longer_or_shorter_object_and_verify_a_changed_one(
+        algorithm: str) -> None:
     plain = b"abc" * 50_000
     stored, recorded = codec.compress(plain, algorithm)
-    md5 = codec.md5_hex(plain)
     with pytest.raises(IntegrityError, match="more than"):  # more than recorded: stops at once
-        codec.decode_stream([bytes(stored)], recorded, len(plain) - 1, md5, "k")
+        codec.decode_unchecked([bytes(stored)], recorded, len(plain) - 1, "k")
     with pytest.raises(IntegrityError, match="not the recorded"):
-        codec.decode_stream([bytes(stored)], recorded, len(plain) + 1, md5, "k")
+        codec.decode_unchecked([bytes(stored)], recorded, len(plain) + 1, "k")
+    out, _ = codec.decode_unchecked([bytes(stored)], recorded, len(plain), "k")
     with pytest.raises(IntegrityError, match="md5"):
-        codec.decode_stream([bytes(stored)], recorded, len(plain), "0" * 32, "k")
+        codec.verify(out, len(plain), "0" * 32, "k")
     truncated = bytes(stored)[:len(stored) // 2]
     with pytest.raises(IntegrityError):
-        codec.decode_stream([truncated], recorded, len(plain), md5, "k")
+        codec.decode_unchecked([truncated], recorded, len(plain), "k")
 
 
-def test_decode_stream_is_bounded_by_the_recorded_length_against_a_bomb() -> None:
+def test_decode_unchecked_is_bounded_by_the_recorded_length_against_a_bomb() -> None:
     """A zstd frame of 64 MiB of zeros recorded as 4 KiB: decoding stops after 4 KiB + 1,
     never making the 64 MiB."""
     bomb = zstandard.ZstdCompressor(level=19).compress(bytes(64 << 20))
     with pytest.raises(IntegrityError, match="more than"):
-        codec.decode_stream([bomb], "zstd", 4096, codec.md5_hex(bytes(4096)), "k")
+        codec.decode_unchecked([bomb], "zstd", 4096, "k")
     zbomb = zlib.compress(bytes(64 << 20), 9)
     with pytest.raises(IntegrityError, match="more than"):
-        codec.decode_stream([zbomb], "zlib", 4096, codec.md5_hex(bytes(4096)), "k")
+        codec.decode_unchecked([zbomb], "zlib", 4096, "k")
 
 
-def test_decode_stream_reads_every_zstd_frame() -> None:
+def test_decode_unchecked_reads_every_zstd_frame() -> None:
     first, second = os.urandom(5000), b"second frame" * 100
     c = zstandard.ZstdCompressor(write_content_size=True)
     stored = c.compress(first) + c.compress(second)
-    out, _ = codec.decode_stream([stored], "zstd", len(first) + len(second),
-                                 codec.md5_hex(first + second), "k")
+    out, _ = codec.decode_unchecked([stored], "zstd", len(first) + len(second), "k")
+    codec.verify(out, len(first) + len(second), codec.md5_hex(first + second), "k")
     assert out == first + second
 
 
