@@ -1,0 +1,73 @@
+"""scripts/bench-ratios reads the shared harness's results.jsonl: each target's verdict, and
+the same-run bounds the misses are accounted with, from rows written as the harness writes
+them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench-ratios"
+INCOMING = "bakfs backup {} (dd bs=4M into mount incoming/, until close returns)"
+
+
+def _rows() -> list[dict[str, object]]:
+    def row(name: str, value: float, **extra: float) -> dict[str, object]:
+        return {"name": name, "value": value, **extra}
+
+    return [
+        row("md5", 800.0),
+        row("bakfs mount dd cold", 600.0, tool_cpu_s_per_gib=1.5),
+        row("proto(py) 4M direct_io dd cold", 800.0, tool_cpu_s_per_gib=1.2),
+        row("proto(py) 4M keep_cache dd cold", 640.0),
+        row("bakfs mount rand4K cold p50", 9.0, p99_ms=15.0),
+        row("proto(py) 4M direct_io rand4K cold p50", 6.0),
+        # two runs: the median of each field is taken
+        row(INCOMING.format("full"), 3.0, tool_cpu_s=3.5, s3_cpu_s=1.7),
+        row(INCOMING.format("full"), 3.4, tool_cpu_s=3.9, s3_cpu_s=1.9),
+        row("proto(py) 4M backup full", 2.8, tool_cpu_s=3.0, s3_cpu_s=1.6),
+        row("bakfs-cli restore cold (bakfs restore LATEST FILE)", 512.0, wall_s=2.0,
+            reported_s=1.6),
+    ]
+
+
+def _run(tmp_path: Path) -> tuple[int, list[str]]:
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    done = subprocess.run([sys.executable, str(SCRIPT), str(results)], capture_output=True,
+                          text=True, timeout=60)
+    assert not done.stderr
+    return done.returncode, done.stdout.splitlines()
+
+
+def test_verdicts_are_ratios_within_the_run(tmp_path: Path) -> None:
+    code, lines = _run(tmp_path)
+    assert code == 1  # a target is missed
+    verdict = {line[6:].split(": ")[0]: line[:4].strip()  # "ok  " or "MISS", two spaces
+               for line in lines if not line.startswith("info")}
+    cold = "cold dd through the mount vs the reference's direct_io cold dd"
+    assert verdict[cold] == "MISS"  # 600 / 800 = 0.75
+    cpu = "mount CPU per GiB cold vs the reference's + md5 of the same bytes"
+    assert verdict[cpu] == "ok"  # 1.5 against 1.2 + 1024 / 800
+    assert any("600.0 vs 800.0 = 0.75x" in line for line in lines)
+
+
+def test_bounds_of_the_misses(tmp_path: Path) -> None:
+    _code, lines = _run(tmp_path)
+    info = [line for line in lines if line.startswith("info")]
+    assert any("keep_cache cold dd vs its direct_io one: 640.0 vs 800.0 = 0.800x" in line
+               for line in info)
+    # the md5 of 4 MiB at 800 MiB/s is 5 ms: 9 - 5 = 4 ms against the reference's 6
+    assert any("(5.00 ms at the run's 800 MiB/s): 4.00 vs the reference's 6.0 ms = 0.667x"
+               in line for line in info)
+    # medians 3.7 + 1.8 CPU-s over two cores: 2.75 s, against the reference's 2.8 s
+    assert any("full: bakfs 3.70 + the server 1.80 CPU-s on 2 cores need at least 2.75 s = "
+               "0.982x the reference's 2.8 s (its own CPU needs 2.30 s)" in line
+               for line in info)
+    # 512 MiB/s over 2.0 s is 1024 MiB; over the restore's own 1.6 s, 640 MiB/s
+    assert any("restore without its start (as it reports): 640 MiB/s = 1.067x" in line
+               for line in info)
+    # no incremental rows: no bound for it, and no error
+    assert not any("incr 2%" in line for line in info)
