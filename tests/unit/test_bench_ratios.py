@@ -60,11 +60,11 @@ def test_bounds_of_the_misses(tmp_path: Path) -> None:
     assert any("keep_cache cold dd vs its direct_io one: 640.0 vs 800.0 = 0.800x" in line
                for line in info)
     # the md5 of 4 MiB at 800 MiB/s is 5 ms: 9 - 5 = 4 ms against the reference's 6
-    assert any("(5.00 ms at the run's 800 MiB/s): 4.00 vs the reference's 6.0 ms = 0.667x"
+    assert any("(5.00 ms at the run's 800 MiB/s): 4.00 vs the reference's 6.00 ms = 0.667x"
                in line for line in info)
     # medians 3.7 + 1.8 CPU-s over two cores: 2.75 s, against the reference's 2.8 s
     assert any("full: bakfs 3.70 + the server 1.80 CPU-s on 2 cores need at least 2.75 s = "
-               "0.982x the reference's 2.8 s (its own CPU needs 2.30 s)" in line
+               "0.982x the reference's 2.80 s (its own CPU needs 2.30 s)" in line
                for line in info)
     # 512 MiB/s over 2.0 s is 1024 MiB; over the restore's own 1.6 s, 640 MiB/s
     assert any("restore without its start (as it reports): 640 MiB/s = 1.067x" in line
