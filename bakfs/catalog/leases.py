@@ -29,15 +29,17 @@ import logging
 import socket
 import time
 
-from bakfs.errors import AlreadyExists, LeaseLost, ObjectMissing, VolumeBusy
+from bakfs.errors import AlreadyExists, BadMetadata, LeaseLost, ObjectMissing, VolumeBusy
 from bakfs.procfs import process_identity
 from bakfs.store.base import ObjectStore
+from bakfs.store.streams import get_document
 
 log = logging.getLogger(__name__)
 
 LOCK_PREFIX = "bakfs-locks/"
 DEFAULT_TTL = 600.0
 STALE_AFTER = DEFAULT_TTL / 2  # five renewals missed: no live writer holds it
+LEASE_LIMIT = 16 << 10  # a lease is ~200 bytes; a larger object under its key is not read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,15 +177,17 @@ def drop(store: ObjectStore, volume_id: str, etag: str | None) -> None:
 
 
 def read_lease(store: ObjectStore, volume_id: str) -> tuple[LeaseInfo | None, str | None]:
-    """The lease object's content and etag ((None, None) when there is none)."""
+    """The lease object's content and etag: (None, None) when there is none, (None, etag) when
+    it cannot be read as a lease (damaged, or larger than any lease: read no further than
+    LEASE_LIMIT)."""
     key = lock_key(volume_id)
     try:
         info = store.head(key)
-        doc = json.loads(store.get(key))
+        doc = json.loads(get_document(store, key, LEASE_LIMIT, "lease"))
         renewed = doc.get("renewed")
         return LeaseInfo(str(doc["owner"]), str(doc["backup_id"]), float(doc["expires"]),
                          None if renewed is None else float(renewed)), info.etag
     except ObjectMissing:
         return None, None
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (BadMetadata, ValueError, KeyError, TypeError, AttributeError):
         return None, store.head(key).etag

@@ -273,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         "backup", help="back up a block device (image mode) or a file (file mode)")
     tsm_backup.add_argument("source", metavar="SOURCE")
     tsm_backup.add_argument("--volume", required=True, metavar="VOLUME_ID")
-    tsm_backup.add_argument("--name")
-    tsm_backup.add_argument("--description")
+    tsm_backup.add_argument("--name", help="backup name (at most 255 characters)")
+    tsm_backup.add_argument("--description",
+                            help="backup description (at most 255 characters)")
     tsm_backup.add_argument("--json", action="store_true", help="print a JSON summary")
     tsm_ls = tsm_commands.add_parser("ls", help="list TSM backups")
     tsm_ls.add_argument("volume", nargs="?", metavar="VOLUME")

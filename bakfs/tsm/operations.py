@@ -26,6 +26,7 @@ from bakfs.store.base import ObjectStore
 from bakfs.threads import plain_errors
 from bakfs.tsm.records import (
     TsmRecord,
+    check_text,
     delete_record,
     find_record,
     list_records,
@@ -76,6 +77,7 @@ def make_tsm_backup(store: ObjectStore, runner: DsmcRunner, source: str, volume_
     """Back `source` up to TSM and commit its record to the store (last). Blocking: the mount
     calls it in a worker thread for a file written into `incoming/`. When the record cannot be
     written, the TSM object is deleted again (best effort), so no backup is half there."""
+    check_text(name, description)  # before dsmc runs: the record must be writable after it
     result = runner.backup(source, backup_id)
     record = TsmRecord(
         backup_id=backup_id, volume_id=volume_id, mode=result.mode, path=result.path,

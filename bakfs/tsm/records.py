@@ -5,6 +5,7 @@ foreign keys under a backup's prefix, and the S3 discovery never sees these).
 A record is what dsmc cannot tell reliably: the TSM object's name and mode, and the exact
 size and sha256 of its bytes, measured by bakfs. It is written last, after dsmc reported
 success: the commit point. A TSM object without a record is an orphan, never a listed backup.
+A record is read with a bounded GET (RECORD_LIMIT), and none larger is ever written.
 
 Blocking code: it calls the store. Knows nothing of dsmc, trio or FUSE.
 """
@@ -18,12 +19,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bakfs.cinder import naming
-from bakfs.errors import BackupNotFound, BadMetadata, ObjectMissing
+from bakfs.errors import BackupNotFound, BadMetadata, ConfigError, ObjectMissing
 from bakfs.store.base import ObjectStore
+from bakfs.store.streams import get_document
 from bakfs.tsm.dsmc import MODES, Mode
 
 PREFIX = "bakfs-tsm/"
 RECORD_VERSION = 1
+# A record holds a few hundred bytes: ids, two paths (at most 4 KiB each), a digest and a
+# name and description of at most TEXT_LIMIT characters. None is written larger than this,
+# and no more than this is read of whatever lies under a record's key.
+RECORD_LIMIT = 256 << 10
+TEXT_LIMIT = 255  # characters of a name or a description, as Cinder's API allows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,16 +107,32 @@ def now() -> datetime:
 
 def put_record(store: ObjectStore, record: TsmRecord) -> None:
     """Write the record (the commit point); an existing record is never overwritten."""
-    store.put(record.key, record.to_json(), if_absent=True)
+    body = record.to_json()
+    if len(body) > RECORD_LIMIT:
+        raise BadMetadata(f"the record of TSM backup {record.backup_id} would hold {len(body)} "
+                          f"bytes, more than the {RECORD_LIMIT} a record may")
+    store.put(record.key, body, if_absent=True)
 
 
 def read_record(store: ObjectStore, volume_id: str, backup_id: str) -> TsmRecord:
     key = record_key(volume_id, backup_id)
     try:
-        return TsmRecord.from_json(store.get(key), key)
+        return _read(store, key)
     except ObjectMissing:
         raise BackupNotFound(f"no TSM backup {backup_id} of volume {volume_id} in "
                              f"{store.description}") from None
+
+
+def _read(store: ObjectStore, key: str) -> TsmRecord:
+    return TsmRecord.from_json(get_document(store, key, RECORD_LIMIT, "bakfs TSM record"), key)
+
+
+def check_text(name: str | None, description: str | None) -> None:
+    """ConfigError unless a backup's name and description fit a record (TEXT_LIMIT)."""
+    for what, text in (("name", name), ("description", description)):
+        if text is not None and len(text) > TEXT_LIMIT:
+            raise ConfigError(f"a TSM backup's {what} is at most {TEXT_LIMIT} characters, "
+                              f"not {len(text)}")
 
 
 def list_records(store: ObjectStore, volume_id: str | None = None,
@@ -120,7 +143,7 @@ def list_records(store: ObjectStore, volume_id: str | None = None,
     nothing new is the LIST alone."""
     prefix = PREFIX if volume_id is None else f"{PREFIX}{naming.validate_id('volume', volume_id)}/"
     earlier = {record.key: record for record in known}
-    records = [earlier.get(info.key) or TsmRecord.from_json(store.get(info.key), info.key)
+    records = [earlier.get(info.key) or _read(store, info.key)
                for info in store.list(prefix) if info.key.endswith(".json")]
     records.sort(key=lambda r: (r.volume_id, r.created_at, r.backup_id))
     return records

@@ -79,6 +79,28 @@ def test_a_new_writer_takes_over_a_lease_nobody_renews(s3_store: S3Store) -> Non
     VolumeLease(s3_store, "vol-n", "b-next").acquire()
 
 
+def test_an_object_larger_than_any_lease_is_not_read_whole(s3_store: S3Store) -> None:
+    """Whatever lies under a lease's key, reading it costs at most LEASE_LIMIT bytes: a huge
+    object there counts as an unreadable lease (one ranged GET), which a writer takes over."""
+    key = lock_key("vol-h")
+    s3_store.put(key, b'{"owner": "' + b"x" * (4 << 20) + b'"}')
+    asked: list[tuple[int, int] | None] = []
+    get = s3_store.get
+
+    def recorded(key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        asked.append(byte_range)
+        return get(key, byte_range)
+
+    s3_store.get = recorded  # type: ignore[method-assign]
+    holder, etag = read_lease(s3_store, "vol-h")
+    assert holder is None and etag == s3_store.head(key).etag
+    assert asked == [(0, leases.LEASE_LIMIT + 1)]
+    lease = VolumeLease(s3_store, "vol-h", "b-after")
+    lease.acquire()  # taken over, with a warning naming "an unreadable lease"
+    holder, _etag = read_lease(s3_store, "vol-h")
+    assert holder is not None and holder.backup_id == "b-after"
+
+
 def test_a_writer_whose_lease_gc_took_over_cannot_commit(s3_store: S3Store) -> None:
     """The writer stalls past STALE_AFTER in the middle of its backup, gc collects it as an
     orphan; when the writer wakes it must not write a `_metadata` over deleted objects."""

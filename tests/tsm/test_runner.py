@@ -24,6 +24,8 @@ from bakfs.config import Config
 from bakfs.errors import (
     AlreadyExists,
     BackupNotFound,
+    BadMetadata,
+    ConfigError,
     TargetError,
     TsmAuthFailed,
     TsmClientError,
@@ -231,6 +233,41 @@ def test_the_record_is_the_commit_point(config: Config, store: LocalStore, sim: 
     assert sim.object_paths() == []
     assert [c["command"] for c in sim.commands()] == ["selective", "delete backup"]
     assert catalog.list_records(store) == [clash]
+
+
+def test_records_are_bounded_both_ways(config: Config, store: LocalStore, sim: SimServer,
+                                      tmp_path: Path) -> None:
+    """A name or description longer than a record may hold is refused before dsmc runs; an
+    object under a record's key larger than any record is refused naming it, read no further
+    than RECORD_LIMIT (a ranged GET), and a later listing still fails the same clear way."""
+    source = tmp_path / "t.raw"
+    random_file(source, 64 << 10)
+    with pytest.raises(ConfigError, match="description is at most 255 characters, not 256"):
+        run_tsm_backup(config, str(source), "vol-t", name="n", description="d" * 256,
+                       as_json=True)
+    with pytest.raises(ConfigError, match="name is at most 255 characters"):
+        make_tsm_backup(store, make_runner(config), str(source), "vol-t", "b-1", name="n" * 300)
+    assert sim.commands() == [] and catalog.list_records(store) == []
+
+    huge = catalog.TsmRecord("b-2", "vol-t", "file", "/x" * (200 << 10), 1, "0" * 64,
+                             catalog.now())
+    with pytest.raises(BadMetadata, match="more than the 262144 a record may"):
+        catalog.put_record(store, huge)
+    store.put(huge.key, b"{" + b" " * (catalog.RECORD_LIMIT + 10))
+    asked: list[tuple[int, int] | None] = []
+    get = store.get
+
+    def recorded(key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        asked.append(byte_range)
+        return get(key, byte_range)
+
+    store.get = recorded  # type: ignore[method-assign]
+    with pytest.raises(BadMetadata, match=f"{huge.key} holds more than 262144 bytes: not a "
+                                          "bakfs TSM record"):
+        catalog.list_records(store)
+    with pytest.raises(BadMetadata, match="holds more than"):
+        catalog.read_record(store, "vol-t", "b-2")
+    assert asked == [(0, catalog.RECORD_LIMIT + 1)] * 2
 
 
 def test_hung_dsmc_is_killed_after_the_timeout(config: Config, sim: SimServer,
