@@ -108,3 +108,17 @@ def local_store(tmp_path: Path) -> LocalStore:
     store = LocalStore(tmp_path / "store", "volumebackups")
     store.ensure_bucket()
     return store
+
+
+def record_ranges(store: S3Store | LocalStore) -> list[tuple[int, int] | None]:
+    """From now on, the byte range of every GET `store` makes (None: the whole object), so a
+    test can show what was read of an object, not only what came of it."""
+    asked: list[tuple[int, int] | None] = []
+    get = store.get
+
+    def recorded(key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        asked.append(byte_range)
+        return get(key, byte_range)
+
+    store.get = recorded  # type: ignore[method-assign]
+    return asked

@@ -23,6 +23,7 @@ from bakfs.catalog.leases import VolumeLease, lock_key, read_lease
 from bakfs.cinder import naming
 from bakfs.errors import LeaseLost
 from bakfs.store.s3 import S3Store
+from tests.conftest import record_ranges
 
 
 def _leftovers(store: S3Store, volume_id: str, backup_id: str) -> str:
@@ -84,14 +85,7 @@ def test_an_object_larger_than_any_lease_is_not_read_whole(s3_store: S3Store) ->
     object there counts as an unreadable lease (one ranged GET), which a writer takes over."""
     key = lock_key("vol-h")
     s3_store.put(key, b'{"owner": "' + b"x" * (4 << 20) + b'"}')
-    asked: list[tuple[int, int] | None] = []
-    get = s3_store.get
-
-    def recorded(key: str, byte_range: tuple[int, int] | None = None) -> bytes:
-        asked.append(byte_range)
-        return get(key, byte_range)
-
-    s3_store.get = recorded  # type: ignore[method-assign]
+    asked = record_ranges(s3_store)
     holder, etag = read_lease(s3_store, "vol-h")
     assert holder is None and etag == s3_store.head(key).etag
     assert asked == [(0, leases.LEASE_LIMIT + 1)]

@@ -39,7 +39,7 @@ from bakfs.store.localdir import LocalStore
 from bakfs.tsm import records as catalog
 from bakfs.tsm.operations import make_runner, make_tsm_backup
 from bakfs.tsm.runner import DsmcRunner
-from tests.conftest import S3Server
+from tests.conftest import S3Server, record_ranges
 from tests.tsm.conftest import SimServer, make_config, random_file
 
 
@@ -254,14 +254,7 @@ def test_records_are_bounded_both_ways(config: Config, store: LocalStore, sim: S
     with pytest.raises(BadMetadata, match="more than the 262144 a record may"):
         catalog.put_record(store, huge)
     store.put(huge.key, b"{" + b" " * (catalog.RECORD_LIMIT + 10))
-    asked: list[tuple[int, int] | None] = []
-    get = store.get
-
-    def recorded(key: str, byte_range: tuple[int, int] | None = None) -> bytes:
-        asked.append(byte_range)
-        return get(key, byte_range)
-
-    store.get = recorded  # type: ignore[method-assign]
+    asked = record_ranges(store)
     with pytest.raises(BadMetadata, match=f"{huge.key} holds more than 262144 bytes: not a "
                                           "bakfs TSM record"):
         catalog.list_records(store)
