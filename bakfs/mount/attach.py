@@ -257,11 +257,20 @@ class Detached:
     unmounted: list[str]
 
 
-def _attached_backups() -> list[dict[str, Any]]:
-    """The loop devices whose backing file is in a bakfs mount."""
+def _attached_backups(mount: Path | None = None) -> list[dict[str, Any]]:
+    """The loop devices whose backing file is in a bakfs mount (in the one at `mount`)."""
     roots = [m.mountpoint.rstrip("/") + "/" for m in mounts() if m.fstype == FUSE_TYPE]
+    if mount is not None:
+        roots = [r for r in roots if r == os.path.realpath(mount).rstrip("/") + "/"]
     return [loop for loop in loop_devices()
             if any(str(loop.get("back-file") or "").startswith(r) for r in roots)]
+
+
+def attached_from(mount: Path) -> list[tuple[str, str]]:
+    """(loop device, backup file name) of each backup attached from the bakfs mount at
+    `mount`: what keeps the mount busy until `bakfs detach`."""
+    return [(str(loop["name"]), Path(loop["back-file"]).name)
+            for loop in _attached_backups(mount)]
 
 
 def _mounts_of(device: str) -> list[MountEntry]:

@@ -14,7 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from bakfs.errors import MountError
+from bakfs.errors import BakfsError, MountError
+from bakfs.mount.attach import attached_from
 from bakfs.mount.namespace import INCOMING, LATEST, REFRESH_XATTR
 from bakfs.procfs import command_line, process_alive
 
@@ -71,8 +72,7 @@ def unmount(mountpoint: str, *, force: bool, timeout: float = 60.0) -> None:
         result = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True,
                                 text=True)
         if result.returncode != 0:
-            raise MountError(f"fusermount3 could not unmount {mountpoint}: "
-                             f"{result.stderr.strip()} (--force unmounts with files open)")
+            raise MountError(_refusal(mountpoint, path, result.stderr.strip()))
     deadline = time.monotonic() + timeout
     while process_alive(pid):
         if time.monotonic() > deadline:
@@ -80,6 +80,23 @@ def unmount(mountpoint: str, *, force: bool, timeout: float = 60.0) -> None:
         time.sleep(0.05)
     if os.path.ismount(path):  # the daemon died without unmounting
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+
+
+def _refusal(mountpoint: str, path: Path, stderr: str) -> str:
+    """Why fusermount could not unmount, in the operator's terms: backups attached from the
+    mount (`bakfs attach`) keep it busy until they are detached, and --force would pull the
+    disk from under their file systems."""
+    attached: list[tuple[str, str]] = []
+    with contextlib.suppress(BakfsError, OSError):  # no losetup here: the plain reason
+        attached = attached_from(path)
+    if attached:
+        shown = ", ".join(f"{device} ({name})" for device, name in attached)
+        commands = "; ".join(f"bakfs detach {device}" for device, _name in attached)
+        return (f"{mountpoint} is busy: {len(attached)} backup(s) are attached from it as "
+                f"loop devices: {shown}. Detach them first ({commands}: it unmounts their "
+                "partitions too), then bakfs umount")
+    return (f"fusermount3 could not unmount {mountpoint}: {stderr} (--force unmounts with "
+            "files open)")
 
 
 def is_bakfs_mount_process(pid: int) -> bool:

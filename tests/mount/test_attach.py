@@ -141,6 +141,15 @@ def test_attach_mounts_the_partitions_and_reads_fetch_only_the_objects_under_a_f
     assert missing.returncode == 1 and "no backup no-such-backup" in missing.stderr
     assert attached_to(mount) == [attached["device"]]
 
+    # the mount cannot go while a backup is attached from it: umount says what to do first
+    refused = bakfs(env, "umount", str(mount.path))
+    assert refused.returncode == 1, refused.stderr
+    assert attached["device"] in refused.stderr and f"{backup_id})" in refused.stderr
+    assert "attached from it" in refused.stderr
+    assert f"bakfs detach {attached['device']}" in refused.stderr
+    assert os.path.ismount(mount.path) and os.path.ismount(where / "p1")
+    assert attached_to(mount) == [attached["device"]]
+
     # a file open under the partition keeps it: detach is refused, nothing is undone
     with open(where / "p1" / "hello.txt", "rb"):
         busy = bakfs(env, "detach", backup_id)
