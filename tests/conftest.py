@@ -19,6 +19,7 @@ import botocore.exceptions
 import pytest
 
 from bakfs.config import S3Options, Secret
+from bakfs.store.base import ObjectStore
 from bakfs.store.localdir import LocalStore
 from bakfs.store.s3 import S3Store
 
@@ -110,7 +111,7 @@ def local_store(tmp_path: Path) -> LocalStore:
     return store
 
 
-def record_ranges(store: S3Store | LocalStore) -> list[tuple[int, int] | None]:
+def record_ranges(store: ObjectStore) -> list[tuple[int, int] | None]:
     """From now on, the byte range of every GET `store` makes (None: the whole object), so a
     test can show what was read of an object, not only what came of it."""
     asked: list[tuple[int, int] | None] = []

@@ -14,6 +14,7 @@ from bakfs.errors import IntegrityError
 from bakfs.store.base import ObjectStore
 from bakfs.store.decode import PIPELINE_MIN, Md5Behind, fetch_counted, fetch_unchecked
 from bakfs.store.localdir import LocalStore
+from tests.conftest import record_ranges
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -67,21 +68,6 @@ def test_a_waited_for_object_of_other_bytes_fails_naming_it(local_store: LocalSt
         fetch_counted(local_store, ObjectEntry("o3", 0, len(plain), "zstd", short.md5))
 
 
-class _Ranges:
-    """A store that records the byte ranges asked of it."""
-
-    def __init__(self, store: ObjectStore) -> None:
-        self.store = store
-        self.asked: list[tuple[int, int] | None] = []
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.store, name)
-
-    def get(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
-        self.asked.append(byte_range)
-        return self.store.get(key, byte_range)
-
-
 def test_a_raw_object_of_another_length_is_refused_without_reading_it_whole(
         store: ObjectStore) -> None:
     """A raw object that grew in the store (here 8 MiB where 64 KiB is recorded) is refused
@@ -89,15 +75,15 @@ def test_a_raw_object_of_another_length_is_refused_without_reading_it_whole(
     plain = random.Random(4).randbytes(64 << 10)
     obj = ObjectEntry("raw1", 0, len(plain), "none", codec.md5_hex(plain))
     store.put("raw1", plain)
-    ranges = _Ranges(store)
-    assert fetch_unchecked(ranges, obj) == (plain, len(plain))  # type: ignore[arg-type]
-    assert fetch_counted(ranges, obj)[0] == plain  # type: ignore[arg-type]
-    assert ranges.asked == [(0, len(plain) + 1)] * 2
+    asked = record_ranges(store)
+    assert fetch_unchecked(store, obj) == (plain, len(plain))
+    assert fetch_counted(store, obj)[0] == plain
+    assert asked == [(0, len(plain) + 1)] * 2
     for stored, message in ((plain + bytes(8 << 20), "holds more than the recorded 65536"),
                             (plain[:-1], "decoded length 65535 differs"),
                             (b"", "decoded length 0 differs")):
         store.put("raw1", stored)
         with pytest.raises(IntegrityError, match=message) as info:
-            fetch_counted(ranges, obj)  # type: ignore[arg-type]
+            fetch_counted(store, obj)
         assert info.value.key == "raw1"
-    assert ranges.asked[-3:] == [(0, len(plain) + 1)] * 3
+    assert asked[-3:] == [(0, len(plain) + 1)] * 3
