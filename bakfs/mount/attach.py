@@ -261,7 +261,8 @@ def _attached_backups(mount: Path | None = None) -> list[dict[str, Any]]:
     """The loop devices whose backing file is in a bakfs mount (in the one at `mount`)."""
     roots = [m.mountpoint.rstrip("/") + "/" for m in mounts() if m.fstype == FUSE_TYPE]
     if mount is not None:
-        roots = [r for r in roots if r == os.path.realpath(mount).rstrip("/") + "/"]
+        wanted = os.path.realpath(mount).rstrip("/") + "/"
+        roots = [root for root in roots if root == wanted]
     return [loop for loop in loop_devices()
             if any(str(loop.get("back-file") or "").startswith(r) for r in roots)]
 
