@@ -29,7 +29,7 @@ def _rows() -> list[dict[str, object]]:
         row(INCOMING.format("full"), 3.4, tool_cpu_s=3.9, s3_cpu_s=1.9),
         row("proto(py) 4M backup full", 2.8, tool_cpu_s=3.0, s3_cpu_s=1.6),
         row("bakfs-cli restore cold (bakfs restore LATEST FILE)", 512.0, wall_s=2.0,
-            reported_s=1.6),
+            reported_s=1.6, tool_cpu_s=2.6, s3_cpu_s=0.6),
     ]
 
 
@@ -69,5 +69,10 @@ def test_bounds_of_the_misses(tmp_path: Path) -> None:
     # 512 MiB/s over 2.0 s is 1024 MiB; over the restore's own 1.6 s, 640 MiB/s
     assert any("restore without its start (as it reports): 640 MiB/s = 1.067x" in line
                for line in info)
+    # a 0.4 s start on one core, then (2.6 - 0.4 + 0.6) CPU-s over two cores: 1.8 s at
+    # least, so 1024 MiB at 569 MiB/s at most, against the dd's 600
+    assert any("restore: its start 0.40 s on one core, then bakfs 2.20 + the server 0.60 "
+               "CPU-s on 2 cores need at least 1.80 s = 569 MiB/s = 0.948x the mount's "
+               "cold dd" in line for line in info)
     # no incremental rows: no bound for it, and no error
     assert not any("incr 2%" in line for line in info)
