@@ -1,7 +1,6 @@
 """One contract, two stores: the embedded local store and S3 on radosgw behave alike."""
 
 import hashlib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -10,11 +9,6 @@ import pytest
 from bakfs.errors import AlreadyExists, ChecksumMismatch, ObjectMissing
 from bakfs.store.base import ObjectStore
 from bakfs.store.streams import read_pieces
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest) -> Iterator[ObjectStore]:
-    yield request.getfixturevalue(f"{request.param}_store")
 
 
 def test_put_get_head_and_ranges(store: ObjectStore) -> None:

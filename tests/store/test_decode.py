@@ -17,11 +17,6 @@ from bakfs.store.localdir import LocalStore
 from tests.conftest import record_ranges
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest) -> ObjectStore:
-    return request.getfixturevalue(f"{request.param}_store")  # type: ignore[no-any-return]
-
-
 def _object(store: LocalStore, name: str, plain: bytes, md5: str | None = None) -> ObjectEntry:
     stored, recorded = codec.compress(plain, "zstd")
     store.put(name, stored)
