@@ -68,7 +68,7 @@ class Target:
         start = None
         for pos in range(0, length, ZERO_WINDOW):
             end = min(pos + ZERO_WINDOW, length)
-            zero = self.buffer[pos:end] == _ZEROS[:end - pos]
+            zero = _ZEROS.startswith(view[pos:end])  # compared in place, no copy
             if zero and start is not None:
                 self.writer.write_aligned(view[start:pos], offset + start)
                 written += pos - start
