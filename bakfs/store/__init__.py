@@ -20,7 +20,7 @@ __all__ = ["ObjectInfo", "ObjectStore", "describe_store", "open_store", "open_st
 def open_store(config: Config) -> ObjectStore:
     """The store the configuration names: S3 when an endpoint is set, else the local store."""
     if config.uses_s3:
-        # lazy: boto3 and its service model take ~0.4 s to load; the local store and the
+        # lazy: botocore and its S3 model take ~0.3 s to load; the local store and the
         # mount's start from its index never wait for them
         from bakfs.store.s3 import S3Store
 
