@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bakfs import __version__, allocator
+from bakfs import __version__, allocator, prefetch
 from bakfs import config as config_module
 from bakfs import log as log_module
 from bakfs.cinder import limits
@@ -342,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bakfs: interrupted", file=sys.stderr)
         return 130
     finally:
+        prefetch.reap()  # the read-ahead's helper, long done
         allocator.spare_exit()
 
 

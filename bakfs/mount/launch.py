@@ -25,6 +25,7 @@ from pathlib import Path
 
 import platformdirs
 
+from bakfs import prefetch
 from bakfs.config import Config
 from bakfs.errors import MountError
 from bakfs.mount import sdnotify
@@ -98,6 +99,7 @@ def mount(config: Config, mountpoint: str, *, foreground: bool, fuse_options: li
     # in its thread; measured on a cold start, mount -> first 4 KiB 0.63 -> 0.5 s
     from bakfs.mount import daemon
 
+    prefetch.reap(timeout=0.2)  # the read-ahead's helper is done: no zombie beside a daemon
     daemon.serve(config, store, path, fuse_options, notify, permissions)
     return None
 

@@ -5,10 +5,10 @@ The rule (docs/architecture.md):
 
     cli → mount → {read, backup, tsm} → catalog → store → cinder → base
 
-where base is errors, config, log, threads, procfs, allocator and sample_image. A module may import
-from its own package and from any lower layer; read, backup and tsm do not import each
-other. The checks read the source with `ast`; nothing is executed except for the exception
-check, which imports every module.
+where base is errors, config, log, threads, procfs, allocator, sample_image, prefetch and
+startup_files. A module may import from its own package and from any lower layer; read,
+backup and tsm do not import each other. The checks read the source with `ast`; nothing is
+executed except for the exception check, which imports every module.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from bakfs import errors
 ROOT = Path(bakfs.__file__).resolve().parent
 
 BASE = ("errors", "config", "log", "threads", "procfs", "allocator", "sample_image", "spill",
-        "devices")
+        "devices", "prefetch", "startup_files")
 LAYERS: dict[str, int] = {**dict.fromkeys(BASE, 0), "cinder": 1, "store": 2, "catalog": 3,
                           "read": 4, "backup": 4, "tsm": 4, "mount": 5, "cli": 6,
                           "__init__": 0, "__main__": 7}
