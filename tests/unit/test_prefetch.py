@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from bakfs import prefetch
+from bakfs.cli.main import COMMANDS
 from bakfs.startup_files import FILES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +39,9 @@ def test_only_the_commands_that_open_the_store_start_it() -> None:
     assert not prefetch.wanted(["bakfs", "config", "show"])
     assert not prefetch.wanted(["bakfs", "--help"])
     assert prefetch.start(["bakfs", "umount", "/mnt"]) is None
+    # a twin of the command table it may not import (that would import what it reads
+    # ahead): every name in it must still be a command
+    assert prefetch.STORE_COMMANDS.issubset(COMMANDS)
 
 
 def _resident(path: str) -> int:
@@ -55,9 +59,8 @@ def test_the_helper_brings_a_listed_file_into_the_page_cache() -> None:
     finally:
         os.close(fd)
     assert _resident(path) == 0
-    pid = prefetch.start(["bakfs", "mount", "/mnt"])
-    assert pid is not None
-    assert os.waitpid(pid, 0)[1] == 0
+    assert prefetch.start(["bakfs", "mount", "/mnt"]) is not None
+    assert prefetch.reap(timeout=10) == 0  # through reap: no stale pid is left to it
     deadline = time.monotonic() + 5
     while _resident(path) < os.path.getsize(path) // 2 and time.monotonic() < deadline:
         time.sleep(0.01)
