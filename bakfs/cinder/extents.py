@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import overload
 
+from bakfs.cinder.blockhash import sha256_blocks
 from bakfs.spill import SpillArray
 
 DIGEST_SIZE = 32
@@ -148,9 +149,7 @@ class DigestWriter:
 
 def block_digests(window: bytes | memoryview, block_size: int) -> Digests:
     """SHA-256 of each block of a window; the last block is hashed at its short length."""
-    view = memoryview(window)
-    return Digests(b"".join(hashlib.sha256(view[i:i + block_size]).digest()
-                            for i in range(0, len(view), block_size)))
+    return Digests(sha256_blocks(window, block_size))
 
 
 @functools.lru_cache(maxsize=64)
