@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +24,8 @@ from typing import Any
 import trio
 
 from bakfs.catalog.index import KIND_DATA, BackupRecord
-from bakfs.cinder.extents import Digests
+from bakfs.cinder.blockhash import sha256_blocks
+from bakfs.cinder.extents import DIGEST_SIZE, Digests
 from bakfs.cinder.metadata import ObjectEntry
 from bakfs.config import Config
 from bakfs.errors import BakfsError, IntegrityError, TargetError
@@ -103,11 +103,15 @@ def _assemble(parts: list[memoryview | int], offset: int, block_size: int,
     """Join a piece's parts and check each of its blocks against the `_sha256file`."""
     data = b"".join(bytes(p) if isinstance(p, int) else p for p in parts)
     first = offset // block_size
-    for i in range(0, len(data), block_size):
-        if hashlib.sha256(data[i:i + block_size]).digest() != expected[first + i // block_size]:
-            raise IntegrityError(f"backup {backup_id}: block {first + i // block_size} (offset "
-                                 f"{offset + i}) as read through its chain differs from its "
-                                 "_sha256file; nothing more was written")
+    packed = sha256_blocks(data, block_size)
+    wanted = expected.block_range(first, len(packed) // DIGEST_SIZE)
+    if packed != wanted:
+        n = next(n for n in range(len(packed) // DIGEST_SIZE)
+                 if packed[n * DIGEST_SIZE:(n + 1) * DIGEST_SIZE]
+                 != wanted[n * DIGEST_SIZE:(n + 1) * DIGEST_SIZE])
+        raise IntegrityError(f"backup {backup_id}: block {first + n} (offset "
+                             f"{offset + n * block_size}) as read through its chain differs "
+                             "from its _sha256file; nothing more was written")
     return data
 
 

@@ -25,6 +25,7 @@ from bakfs.catalog.discovery import (
     load_sha256file,
 )
 from bakfs.cinder import naming
+from bakfs.cinder.blockhash import sha256_blocks
 from bakfs.cinder.extents import DIGEST_SIZE, Digests, zero_digests
 from bakfs.cinder.metadata import BackupMetadata, ObjectEntry, ObjectTable
 from bakfs.errors import BakfsError
@@ -151,8 +152,8 @@ class _BlockChecker:
                 self.buffer.clear()
         whole = len(view) - len(view) % self.block_size
         if whole:
-            self._compare([hashlib.sha256(view[i:i + self.block_size]).digest()
-                           for i in range(0, whole, self.block_size)])
+            self._compare_packed(sha256_blocks(view[:whole], self.block_size),
+                                 whole // self.block_size)
         self.buffer += view[whole:]
 
     def zeros(self, length: int) -> None:
