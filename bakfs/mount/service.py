@@ -266,7 +266,11 @@ class MountService:
         """The node of a name the tree lacks, once what would show it is known: in a volume
         still to be indexed, that volume (then the TSM records, if it is not an S3
         backup); in the root, when the volumes were listed before the mount was up, the TSM
-        records; else the whole first listing."""
+        records; else the whole first listing. `incoming/` waits for nothing: only this
+        mount's writers put names there, and a backup written right after a mount must not
+        wait for a listing that grows with the bucket."""
+        if directory.kind == "incoming_dir":
+            return self.tree.lookup(directory.inode, name)
         if directory.volume_id is not None and directory.volume_id in self.pending.volumes:
             await self.volume_ready(directory.volume_id)
             if self.tree.lookup(directory.inode, name) is None:

@@ -301,6 +301,44 @@ def test_a_re_mounts_directory_listing_waits_for_the_tsm_records_not_the_store(
     trio.run(main)
 
 
+def test_a_backup_into_incoming_is_written_while_the_store_is_listed(
+        tmp_path: Path, local_store: LocalStore) -> None:
+    """On a re-mount whose store takes minutes to list, `dd of=incoming/<volume>` looks the
+    name up (absent: only this mount's writers put names there), starts its incremental on
+    the parent the index knows and writes the whole volume while the listing runs. Its
+    close then waits for the listing: the index takes the new backup after the refresh
+    that listed the store without it."""
+    options = S3Options(object_size=OBJECT, block_size=BLOCK)
+    data = _image(11)
+    known = write_backup(local_store, io.BytesIO(data), "vol-k", options)
+    store = _HeldListing(local_store)
+
+    async def main() -> None:
+        async with open_engine(_config(tmp_path), CountingStore(local_store)):
+            pass  # the index now knows `known`: the next mount is a re-mount
+        async with open_engine(_config(tmp_path), store) as engine, \
+                trio.open_nursery() as nursery:
+            service = MountService(engine.config, engine, Tree(0.0))
+            service.nursery = nursery
+            await service.refresh(list_store=False)
+            nursery.start_soon(service.first_listing)
+            with trio.fail_after(10):
+                assert await service.find_name(service.tree.incoming, "vol-k") is None
+                fh, _node = await service.start_incoming("vol-k", os.getpid())
+                await service.write(fh, 0, data)
+            assert not service.listed.is_set()  # the store's listing is still held
+            store.release.set()
+            with trio.fail_after(10):
+                await service.finish(fh, closing=True)
+                await service.release(fh)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    newest = max(find_backups(local_store, "vol-k"), key=lambda r: r.prefix.timestamp)
+    assert newest.backup_id != known.backup_id
+    assert load_metadata(local_store, newest).parent_id == known.backup_id
+
+
 class _HeldEveryListing(CountingStore):
     """Lists nothing, not even the TSM records, until `release` is set."""
 
