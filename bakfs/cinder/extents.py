@@ -147,6 +147,16 @@ class DigestWriter:
         self._spill.close()
 
 
+def differing(packed: bytes, expected: bytes) -> list[int]:
+    """The positions of the digests that differ between two packed lists (a position past
+    the shorter one's end differs)."""
+    if packed == expected:
+        return []
+    count = max(len(packed), len(expected)) // DIGEST_SIZE
+    return [i for i in range(count) if packed[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
+            != expected[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]]
+
+
 def block_digests(window: bytes | memoryview, block_size: int) -> Digests:
     """SHA-256 of each block of a window; the last block is hashed at its short length."""
     return Digests(sha256_blocks(window, block_size))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
 import stat
 import time
@@ -27,7 +26,8 @@ from bakfs.catalog.discovery import BackupRef, load_sha256file
 from bakfs.catalog.front import Catalog, open_catalog
 from bakfs.catalog.index import BackupRecord
 from bakfs.cinder import naming
-from bakfs.cinder.extents import DIGEST_SIZE, Digests
+from bakfs.cinder.blockhash import sha256_blocks
+from bakfs.cinder.extents import DIGEST_SIZE, Digests, differing
 from bakfs.cinder.metadata import Sha256File
 from bakfs.config import Config
 from bakfs.devices import claim_device
@@ -165,12 +165,15 @@ def differing_blocks(data: memoryview, first_block: int, block_size: int, window
     start: int | None = None
     blocks = -(-window_length // block_size)
     packed = expected.block_range(first_block, blocks)  # one read of a spilled list
+    # the blocks read whole, hashed in one call (cinder.blockhash: without the GIL)
+    read = window_length if len(data) >= window_length else \
+        len(data) - len(data) % block_size
+    hashed = sha256_blocks(data[:read], block_size)
+    whole = len(hashed) // DIGEST_SIZE
+    bad = set(differing(hashed, packed[:len(hashed)]))
     for i in range(blocks):
-        begin = i * block_size
-        end = min(begin + block_size, window_length)
         index = first_block + i
-        same = end <= len(data) and hashlib.sha256(data[begin:end]).digest() == \
-            packed[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
+        same = i < whole and i not in bad
         if not same and start is None:
             start = index
         elif same and start is not None:

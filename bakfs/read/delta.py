@@ -25,7 +25,7 @@ import trio
 
 from bakfs.catalog.index import KIND_DATA, BackupRecord
 from bakfs.cinder.blockhash import sha256_blocks
-from bakfs.cinder.extents import DIGEST_SIZE, Digests
+from bakfs.cinder.extents import DIGEST_SIZE, Digests, differing
 from bakfs.cinder.metadata import ObjectEntry
 from bakfs.config import Config
 from bakfs.errors import BakfsError, IntegrityError, TargetError
@@ -105,10 +105,8 @@ def _assemble(parts: list[memoryview | int], offset: int, block_size: int,
     first = offset // block_size
     packed = sha256_blocks(data, block_size)
     wanted = expected.block_range(first, len(packed) // DIGEST_SIZE)
-    if packed != wanted:
-        n = next(n for n in range(len(packed) // DIGEST_SIZE)
-                 if packed[n * DIGEST_SIZE:(n + 1) * DIGEST_SIZE]
-                 != wanted[n * DIGEST_SIZE:(n + 1) * DIGEST_SIZE])
+    if bad := differing(packed, wanted):
+        n = bad[0]
         raise IntegrityError(f"backup {backup_id}: block {first + n} (offset "
                              f"{offset + n * block_size}) as read through its chain differs "
                              "from its _sha256file; nothing more was written")

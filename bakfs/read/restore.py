@@ -35,7 +35,8 @@ from typing import Any
 import trio
 
 from bakfs.catalog.index import BackupRecord
-from bakfs.cinder.extents import DIGEST_SIZE, Digests
+from bakfs.cinder.blockhash import sha256_blocks
+from bakfs.cinder.extents import DIGEST_SIZE, Digests, differing
 from bakfs.config import Config
 from bakfs.errors import BakfsError, IntegrityError, TargetError
 from bakfs.read.compare import fetch_sha256file
@@ -103,11 +104,13 @@ class _BlockCheck:
             while done < length:
                 index = first + (position + done) // block
                 inside = (position + done) % block
-                if view is None and inside == 0 and not buffer:
+                if inside == 0 and not buffer:
                     whole = min((length - done) // block, self.size // block - index)
-                    if whole > 1:  # a run of zero blocks: compared 4096 digests at a time
+                    if whole > 1:  # a run of whole blocks: zeros compared 4096 digests at
+                        # a time, data hashed in one call (cinder.blockhash: no GIL)
                         count += whole
-                        bad += self._zero_run(index, whole)
+                        bad += (self._zero_run(index, whole) if view is None else
+                                self._data_run(index, view[done:done + whole * block]))
                         done += whole * block
                         continue
                 take = min(length - done, block - inside)
@@ -130,16 +133,21 @@ class _BlockCheck:
             position += length
         return count, bad
 
+    def _data_run(self, first: int, data: memoryview) -> list[int]:
+        """The blocks of `data` (whole blocks from block `first` on) whose digest is not
+        the recorded one."""
+        packed = sha256_blocks(data, self.block_size)
+        expected = self.expected.block_range(first, len(packed) // DIGEST_SIZE)
+        return [first + i for i in differing(packed, expected)]
+
     def _zero_run(self, first: int, count: int) -> list[int]:
         """The blocks of [first, first + count) whose recorded digest is not the zero
         block's."""
         bad = []
         for start in range(first, first + count, ZERO_RUN_BLOCKS):
             n = min(ZERO_RUN_BLOCKS, first + count - start)
-            packed = self.expected.block_range(start, n)
-            if packed != self._zero * n:
-                bad += [start + i for i in range(n)
-                        if packed[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] != self._zero]
+            bad += [start + i for i in differing(self.expected.block_range(start, n),
+                                                 self._zero * n)]
         return bad
 
 

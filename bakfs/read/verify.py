@@ -26,7 +26,7 @@ from bakfs.catalog.discovery import (
 )
 from bakfs.cinder import naming
 from bakfs.cinder.blockhash import sha256_blocks
-from bakfs.cinder.extents import DIGEST_SIZE, Digests, zero_digests
+from bakfs.cinder.extents import Digests, differing, zero_digests
 from bakfs.cinder.metadata import BackupMetadata, ObjectEntry, ObjectTable
 from bakfs.errors import BakfsError
 from bakfs.read.simple import pieces
@@ -174,14 +174,9 @@ class _BlockChecker:
         self._compare_packed(b"".join(digests), len(digests))
 
     def _compare_packed(self, packed: bytes, count: int) -> None:
-        expected = self.expected.block_range(self.index, count)
-        if expected != packed:
-            for i in range(count):
-                part = slice(i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE)
-                if expected[part] != packed[part]:
-                    self.bad_count += 1
-                    if len(self.bad) < 20:
-                        self.bad.append(self.index + i)
+        bad = differing(packed, self.expected.block_range(self.index, count))
+        self.bad_count += len(bad)
+        self.bad += [self.index + i for i in bad[:20 - len(self.bad)]]
         self.index += count
 
     def finish(self) -> None:

@@ -20,6 +20,15 @@ def test_block_digests_hash_the_short_tail_unpadded() -> None:
         digests[2]
 
 
+def test_differing_names_each_digest_that_differs_and_those_past_the_shorter_list() -> None:
+    a, b, c = (hashlib.sha256(x).digest() for x in (b"a", b"b", b"c"))
+    assert extents.differing(a + b + c, a + b + c) == []
+    assert extents.differing(a + b + c, a + c + c) == [1]
+    assert extents.differing(a + b + c, b + b + a) == [0, 2]
+    assert extents.differing(a + b + c, a) == [1, 2]  # a clipped expected list
+    assert extents.differing(b"", b"") == []
+
+
 def test_full_backup_stores_whole_windows() -> None:
     assert extents.changed_runs(["a", "b"], None, 0, B, C) == [(0, C)]
     assert extents.changed_runs([], None, 0, B, 0) == []
