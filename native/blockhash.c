@@ -3,9 +3,9 @@
  * Cinder's format keeps a SHA-256 of every 32 KiB block. hashlib hashes one block per call
  * and takes the GIL back after each (~25 us of work), so a hashing thread waits up to the
  * interpreter's 5 ms switch interval for each block whenever another thread holds the GIL:
- * the mount's FUSE thread, during a backup written into incoming/ (why in
- * bakfs/cinder/extents.py). Here the GIL is released once per buffer, and OpenSSL (the same
- * library hashlib uses) hashes every block. */
+ * the mount's FUSE thread, during a backup written into incoming/ (measured in
+ * bakfs/cinder/blockhash.py). Here the GIL is released once per buffer, and OpenSSL (the
+ * same library hashlib uses) hashes every block. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/evp.h>
