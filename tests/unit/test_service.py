@@ -334,9 +334,8 @@ def test_a_backup_into_incoming_is_written_while_the_store_is_listed(
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    newest = max(find_backups(local_store, "vol-k"), key=lambda r: r.prefix.timestamp)
-    assert newest.backup_id != known.backup_id
-    assert load_metadata(local_store, newest).parent_id == known.backup_id
+    new, = [r for r in find_backups(local_store, "vol-k") if r.backup_id != known.backup_id]
+    assert load_metadata(local_store, new).parent_id == known.backup_id
 
 
 class _HeldEveryListing(CountingStore):
