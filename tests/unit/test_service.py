@@ -67,6 +67,20 @@ def _serve(tmp_path: Path, store: CountingStore,
     trio.run(main)
 
 
+@contextlib.asynccontextmanager
+async def _re_mounted(tmp_path: Path, store: CountingStore) -> AsyncIterator[MountService]:
+    """A re-mount's service: the tree from the index, the store's first listing started (as
+    the daemon does), stopped on the way out."""
+    async with open_engine(_config(tmp_path), store) as engine, \
+            trio.open_nursery() as nursery:
+        service = MountService(engine.config, engine, Tree(0.0))
+        service.nursery = nursery
+        await service.refresh(list_store=False)
+        nursery.start_soon(service.first_listing)
+        yield service
+        nursery.cancel_scope.cancel()
+
+
 def _backup_node(service: MountService, volume: str, backup_id: str) -> Node:
     directory = service.tree.lookup(ROOT_INODE, volume)
     assert directory is not None
@@ -279,12 +293,7 @@ def test_a_re_mounts_directory_listing_waits_for_the_tsm_records_not_the_store(
         put_record(local_store, TsmRecord(
             backup_id="tsm-1", volume_id="vol-t", mode="image", path="/dev/bakfs-tsm-1",
             size=SIZE, sha256="0" * 64, created_at=datetime(2026, 12, 1, tzinfo=UTC)))
-        async with open_engine(_config(tmp_path), store) as engine, \
-                trio.open_nursery() as nursery:
-            service = MountService(engine.config, engine, Tree(0.0))
-            service.nursery = nursery
-            await service.refresh(list_store=False)
-            nursery.start_soon(service.first_listing)
+        async with _re_mounted(tmp_path, store) as service:
             with trio.fail_after(10):
                 await service.before_listing(service.tree.nodes[ROOT_INODE])
             names = {n.name for n in service.tree.listing(ROOT_INODE)}
@@ -296,7 +305,6 @@ def test_a_re_mounts_directory_listing_waits_for_the_tsm_records_not_the_store(
                 await service.wait_listed()
             assert _backup_node(service, "vol-k", new.backup_id) is not None
             assert _backup_node(service, "vol-k", known.backup_id) is not None
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
@@ -316,12 +324,7 @@ def test_a_backup_into_incoming_is_written_while_the_store_is_listed(
     async def main() -> None:
         async with open_engine(_config(tmp_path), CountingStore(local_store)):
             pass  # the index now knows `known`: the next mount is a re-mount
-        async with open_engine(_config(tmp_path), store) as engine, \
-                trio.open_nursery() as nursery:
-            service = MountService(engine.config, engine, Tree(0.0))
-            service.nursery = nursery
-            await service.refresh(list_store=False)
-            nursery.start_soon(service.first_listing)
+        async with _re_mounted(tmp_path, store) as service:
             with trio.fail_after(10):
                 assert await service.find_name(service.tree.incoming, "vol-k") is None
                 fh, _node = await service.start_incoming("vol-k", os.getpid())
@@ -331,7 +334,6 @@ def test_a_backup_into_incoming_is_written_while_the_store_is_listed(
             with trio.fail_after(10):
                 await service.finish(fh, closing=True)
                 await service.release(fh)
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
     new, = [r for r in find_backups(local_store, "vol-k") if r.backup_id != known.backup_id]
