@@ -59,13 +59,6 @@ def _break_pages(index_path: Path) -> None:
             f.write(b"\0\0")
 
 
-def _wait_for_log(mount: Mount, text: str, failure: str) -> None:
-    deadline = time.monotonic() + 30
-    while text not in mount.log_text():
-        assert time.monotonic() < deadline, failure
-        time.sleep(0.05)
-
-
 def test_index_rows_flipped(env: dict[str, str], make_backup: Make, start_mount: Start,
                             report: Report) -> None:
     _ref, data = make_backup("vol-rows", SIZE, 11)
@@ -86,9 +79,9 @@ def test_index_pages_broken_under_a_running_mount(env: dict[str, str], make_back
     mount = start_mount(env)  # refreshes every second: the damage is met at once
     # a new index is built once the mount is up: break it only after that build committed,
     # or its writes may reuse the broken pages and leave nothing damaged to meet
-    _wait_for_log(mount, "backups of 1 volumes indexed", "the first build never ended")
+    mount.wait_for_log("backups of 1 volumes indexed", "the first build never ended")
     _break_pages(Path(env["BAKFS_INDEX_PATH"]))
-    _wait_for_log(mount, "LMDB failed", "the damage was never noticed")
+    mount.wait_for_log("LMDB failed", "the damage was never noticed")
     got = (mount.path / "vol-pages" / "latest").read_bytes()
     assert mount.process.poll() is None
     report.add("index-pages-broken", wrong_bytes(got, data), peak_rss_mib(mount.process.pid))

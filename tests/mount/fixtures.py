@@ -29,6 +29,14 @@ class Mount:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, failure: str, timeout: float = 30) -> None:
+        """Return once the daemon has logged `text`; AssertionError(`failure`, with the
+        log's end) if it has not within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text():
+            assert time.monotonic() < deadline, f"{failure}:\n{self.log_text()[-3000:]}"
+            time.sleep(0.05)
+
 
 def base_env(rgw: S3Server, bucket: str, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BAKFS_", "AWS_"))}
