@@ -143,8 +143,9 @@ def _zeros(length: int) -> bytes:
 
 
 def _is_zero(window: bytes | memoryview) -> bool:
-    """Compared in place: a window that is a view (as a backup through the mount's are)
-    is not copied first (4 MiB of fresh memory, for every window that starts with zeros)."""
+    """Compared in place: a window that is a view (as the windows of a backup through the
+    mount are) is not copied first (4 MiB of fresh memory, for every window that starts
+    with zeros)."""
     return _zeros(len(window)).startswith(window)
 
 
