@@ -62,6 +62,14 @@ class Digests(Sequence[bytes]):
                 writer.append_flushing(chunk)
         return writer.finish()
 
+    def mismatched(self, first: int, data: bytes | memoryview, block_size: int) -> list[int]:
+        """The numbers of the blocks of `data`, block `first` of this list on (the last one
+        may be short), whose SHA-256 is not the recorded one; hashed in one call without the
+        GIL (`cinder.blockhash`). A block past the list's end never matches."""
+        packed = sha256_blocks(data, block_size)
+        recorded = self.block_range(first, len(packed) // DIGEST_SIZE)
+        return [first + i for i in differing(packed, recorded)]
+
     def block_range(self, first: int, count: int) -> bytes:
         """The packed digests of blocks [first, first + count), clipped to the list."""
         first = max(first, 0)

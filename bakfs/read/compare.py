@@ -3,7 +3,8 @@ backup's block size and compared with its `_sha256file`, so the answer costs one
 target and one small GET, never a byte of the backup's data.
 
 The read runs in a disk thread a window at a time while every core hashes the windows read
-before (hashlib releases the GIL), so the target is read at disk speed. Differing blocks
+before (`cinder.blockhash` releases the GIL once per window), so the target is read at disk
+speed. Differing blocks
 come back as merged runs. `bakfs verify-device` reports them; `bakfs.read.delta` fetches and
 writes just those.
 

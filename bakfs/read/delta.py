@@ -24,8 +24,7 @@ from typing import Any
 import trio
 
 from bakfs.catalog.index import KIND_DATA, BackupRecord
-from bakfs.cinder.blockhash import sha256_blocks
-from bakfs.cinder.extents import DIGEST_SIZE, Digests, differing
+from bakfs.cinder.extents import Digests
 from bakfs.cinder.metadata import ObjectEntry
 from bakfs.config import Config
 from bakfs.errors import BakfsError, IntegrityError, TargetError
@@ -103,13 +102,10 @@ def _assemble(parts: list[memoryview | int], offset: int, block_size: int,
     """Join a piece's parts and check each of its blocks against the `_sha256file`."""
     data = b"".join(bytes(p) if isinstance(p, int) else p for p in parts)
     first = offset // block_size
-    packed = sha256_blocks(data, block_size)
-    wanted = expected.block_range(first, len(packed) // DIGEST_SIZE)
-    if bad := differing(packed, wanted):
-        n = bad[0]
-        raise IntegrityError(f"backup {backup_id}: block {first + n} (offset "
-                             f"{offset + n * block_size}) as read through its chain differs "
-                             "from its _sha256file; nothing more was written")
+    if bad := expected.mismatched(first, data, block_size):
+        raise IntegrityError(f"backup {backup_id}: block {bad[0]} (offset "
+                             f"{offset + (bad[0] - first) * block_size}) as read through its "
+                             "chain differs from its _sha256file; nothing more was written")
     return data
 
 

@@ -35,8 +35,7 @@ from typing import Any
 import trio
 
 from bakfs.catalog.index import BackupRecord
-from bakfs.cinder.blockhash import sha256_blocks
-from bakfs.cinder.extents import DIGEST_SIZE, Digests, differing
+from bakfs.cinder.extents import Digests, differing, zero_digests
 from bakfs.config import Config
 from bakfs.errors import BakfsError, IntegrityError, TargetError
 from bakfs.read.compare import fetch_sha256file
@@ -85,7 +84,7 @@ class _BlockCheck:
         self.size = size
         self.blocks = 0
         self.bad: list[int] = []
-        self._zero = hashlib.sha256(bytes(block_size)).digest()
+        self._zero = zero_digests(block_size, block_size)
 
     def window(self, offset: int, parts: Parts) -> tuple[int, list[int]]:
         """(blocks checked, blocks that differ) of one window (CPU work, any thread)."""
@@ -110,7 +109,8 @@ class _BlockCheck:
                         # a time, data hashed in one call (cinder.blockhash: no GIL)
                         count += whole
                         bad += (self._zero_run(index, whole) if view is None else
-                                self._data_run(index, view[done:done + whole * block]))
+                                self.expected.mismatched(index, view[done:done + whole * block],
+                                                         block))
                         done += whole * block
                         continue
                 take = min(length - done, block - inside)
@@ -132,13 +132,6 @@ class _BlockCheck:
                 done += take
             position += length
         return count, bad
-
-    def _data_run(self, first: int, data: memoryview) -> list[int]:
-        """The blocks of `data` (whole blocks from block `first` on) whose digest is not
-        the recorded one."""
-        packed = sha256_blocks(data, self.block_size)
-        expected = self.expected.block_range(first, len(packed) // DIGEST_SIZE)
-        return [first + i for i in differing(packed, expected)]
 
     def _zero_run(self, first: int, count: int) -> list[int]:
         """The blocks of [first, first + count) whose recorded digest is not the zero

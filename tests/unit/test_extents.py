@@ -65,3 +65,13 @@ def test_unchanged_volume_has_no_objects_and_zeroing_counts_as_change() -> None:
 
 def test_block_past_the_parents_list_counts_as_changed() -> None:
     assert extents.changed_runs(["a", "b"], ["a"], 0, B, 2 * B) == [(B, 2 * B)]
+
+
+def test_mismatched_names_the_blocks_whose_hash_is_not_the_recorded_one() -> None:
+    blocks = [b"a" * B, b"b" * B, b"c" * 10]  # the last block short
+    recorded = extents.Digests(b"".join(hashlib.sha256(b).digest() for b in blocks))
+    assert recorded.mismatched(0, b"".join(blocks), B) == []
+    assert recorded.mismatched(1, blocks[1] + blocks[2], B) == []
+    assert recorded.mismatched(0, blocks[0] + b"x" * B + blocks[2], B) == [1]
+    assert recorded.mismatched(1, blocks[0] + blocks[2], B) == [1]  # numbered from block 1
+    assert recorded.mismatched(2, b"c" * B + b"d", B) == [2, 3]  # block 3 is past the list
